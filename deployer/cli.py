@@ -1,0 +1,87 @@
+"""The `flex` command line: argument parsing, dispatch, and mapping errors to exit codes.
+
+Each verb's handler lives in deployer/commands/ and is imported only when that verb runs, so
+`flex --help` and `flex validate` never load textual or asyncssh. A FlexError becomes a clear message
+and its exit code; a traceback means a bug in flex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from deployer import __version__
+from deployer.errors import FlexError
+
+# verb -> (module under deployer.commands, one-line help). The order is the order of `flex --help`.
+VERBS: dict[str, tuple[str, str]] = {
+    "validate": ("validate", "check an inventory and job specs; every problem at once, located"),
+    "inventory": ("inventory", "show the resolved inventory (--list: like ansible-inventory --list)"),
+    "schema": ("schema", "print the JSON Schema of a job spec or an inventory, for editors"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit 2 with a hint, like every other config error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n  fix: see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser: every verb with its one-line help and its own options."""
+    parser = _Parser(
+        prog="flex",
+        description="Agentless workload orchestrator: one job file per workload, SSH only, and it heals.",
+        epilog="Run `flex VERB --help` for a verb's options. Exit codes: 0 ok, 1 changes or failures, "
+        "2 bad input, 3 unreachable hosts, 4 state database.",
+    )
+    parser.add_argument("--version", action="version", version=f"flex {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for verb, (module, summary) in VERBS.items():
+        sub = verbs.add_parser(verb, help=summary, description=summary)
+        _module(module).add_arguments(sub)
+        sub.set_defaults(_handler=module)
+    return parser
+
+
+def _module(name: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"deployer.commands.{name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `flex` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    handler: Callable[[argparse.Namespace], int] = _module(args._handler).run
+    try:
+        return handler(args)
+    except FlexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `flex ... | head`: the reader went away; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

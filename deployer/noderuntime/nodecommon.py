@@ -1,0 +1,295 @@
+"""Shared helpers of the flex node runtime: ids, paths, atomic JSON files, locks, events.
+
+Runs under the node's python3 (3.8+), stdlib only. Imported by flexnode.py, supervisor.py and
+nodeprobe.py as a plain module (the runtime directory is sys.path[0]); the controller imports it as
+deployer.noderuntime.nodecommon for VERSION, so it imports nothing from the runtime itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import select
+import sys
+import time
+
+VERSION = "1"
+"""Protocol version of the node runtime: bumped when the layout or a verb's JSON changes."""
+
+ALLOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+LIVE_STATUSES = ("starting", "running")
+FINAL_STATUSES = ("exited", "stopped", "fenced")
+EVENTS_MAX_BYTES = 1024 * 1024
+LOCK_WAIT_S = 10.0
+
+
+class NodeError(Exception):
+    """An error a verb reports as JSON: a message, a stable code and the process exit status."""
+
+    def __init__(self, message: str, code: str = "error", exit_status: int = 1, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.exit_status = exit_status
+        self.extra = extra
+
+    def to_json(self) -> dict:
+        """The error document printed on stdout."""
+        doc = {"ok": False, "error": self.message, "code": self.code}
+        doc.update(self.extra)
+        return doc
+
+
+def check_alloc_id(alloc_id: str) -> str:
+    """Return alloc_id when it is safe as a directory name, else raise NodeError (bad_alloc_id)."""
+    if not isinstance(alloc_id, str) or not ALLOC_ID_RE.match(alloc_id) or ".." in alloc_id:
+        raise NodeError(
+            f"invalid allocation id {alloc_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit, without '..'", code="bad_alloc_id", exit_status=2)
+    return alloc_id
+
+
+class AllocPaths:
+    """Every path of one allocation directory, <root>/allocs/<alloc_id>/."""
+
+    def __init__(self, root: str, alloc_id: str) -> None:
+        self.root = root
+        self.alloc_id = check_alloc_id(alloc_id)
+        self.dir = os.path.join(root, "allocs", alloc_id)
+        self.spec = os.path.join(self.dir, "spec.json")
+        self.secret = os.path.join(self.dir, "env.secret")
+        self.lease = os.path.join(self.dir, "lease")
+        self.state = os.path.join(self.dir, "state.json")
+        self.events = os.path.join(self.dir, "events.jsonl")
+        self.health = os.path.join(self.dir, "health.json")
+        self.lock = os.path.join(self.dir, ".lock")
+        self.supervisor_log = os.path.join(self.dir, "supervisor.log")
+
+    def log(self, stream: str, previous: bool = False, rotated: bool = False) -> str:
+        """stdout.log, stdout.log.1, stdout.prev.log or stdout.prev.log.1 (same for stderr)."""
+        name = stream + (".prev.log" if previous else ".log") + (".1" if rotated else "")
+        return os.path.join(self.dir, name)
+
+    def exists(self) -> bool:
+        """Whether the allocation directory exists."""
+        return os.path.isdir(self.dir)
+
+
+def allocs_dir(root: str) -> str:
+    """<root>/allocs."""
+    return os.path.join(root, "allocs")
+
+
+def list_alloc_ids(root: str) -> list:
+    """Ids of every allocation directory under root, sorted; names that are not valid ids are skipped."""
+    try:
+        names = os.listdir(allocs_dir(root))
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if ALLOC_ID_RE.match(n) and ".." not in n
+                  and os.path.isdir(os.path.join(allocs_dir(root), n)))
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Write data to path through a temp file in the same directory, fsync, then rename over path.
+
+    A reader sees the old content or the new one, never a torn file; a full disk leaves the old file.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    """fsync a directory so a rename in it survives a crash (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: str, doc: object, mode: int = 0o644, durable: bool = True) -> None:
+    """Write doc as JSON to path atomically."""
+    atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"), mode, durable)
+
+
+def read_json(path: str, default: object = None) -> object:
+    """The JSON document at path; default when the file is missing; NodeError (corrupt) when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return default
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise NodeError(f"{path} is not valid JSON: {exc}", code="corrupt")
+
+
+@contextlib.contextmanager
+def alloc_lock(paths: AllocPaths, wait_s: float = LOCK_WAIT_S):
+    """Hold the allocation's flock (serializes start, stop and the supervisor's state writes)."""
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise NodeError(f"allocation {paths.alloc_id} is locked by another flex command "
+                                    f"for {wait_s:.0f} s", code="busy")
+                time.sleep(0.01)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_state(paths: AllocPaths) -> dict:
+    """state.json as a dict ({} when the allocation was never launched)."""
+    state = read_json(paths.state, {})
+    return state if isinstance(state, dict) else {}
+
+
+def update_state(paths: AllocPaths, changes: dict) -> dict:
+    """Merge changes into state.json under the allocation lock; returns the new state."""
+    with alloc_lock(paths):
+        state = read_state(paths)
+        state.update(changes)
+        state["alloc_id"] = paths.alloc_id
+        write_json(paths.state, state)
+        return state
+
+
+def append_event(paths: AllocPaths, event: str, **fields: object) -> dict:
+    """Append one event line to events.jsonl with the node's wall-clock timestamp; returns it."""
+    record = {"ts": time.time(), "alloc_id": paths.alloc_id, "event": event}
+    record.update(fields)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    with contextlib.suppress(OSError):
+        if os.path.getsize(paths.events) > EVENTS_MAX_BYTES:
+            os.replace(paths.events, paths.events + ".1")
+    try:
+        fd = os.open(paths.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # a full disk must not stop the supervisor; the state file is the record that matters
+    return record
+
+
+def read_events(paths: AllocPaths, limit: int = 0) -> list:
+    """The allocation's events (the last `limit` when limit > 0); unreadable lines are skipped."""
+    out = []
+    try:
+        with open(paths.events, "rb") as handle:
+            for raw in handle:
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(raw.decode("utf-8")))
+    except FileNotFoundError:
+        pass
+    return out[-limit:] if limit > 0 else out
+
+
+def wakeup_path(root: str) -> str:
+    """<root>/wakeup: rewritten (new inode) whenever an allocation changes state."""
+    return os.path.join(root, "wakeup")
+
+
+def touch_wakeup(root: str) -> None:
+    """Tell streaming probes that an allocation changed state (they poll this file's identity)."""
+    with contextlib.suppress(OSError):
+        data = f"{time.time():.6f} {os.getpid()} {os.urandom(4).hex()}\n".encode("ascii")
+        atomic_write(wakeup_path(root), data, durable=False)
+
+
+def wakeup_token(root: str) -> tuple:
+    """A value that changes every time touch_wakeup runs (inode, size, mtime)."""
+    try:
+        st = os.stat(wakeup_path(root))
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def print_json(doc: object) -> None:
+    """Print one JSON document on stdout and flush it (BrokenPipeError reaches the caller)."""
+    sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+class ChannelWatch:
+    """Why a long-running verb (probe --stream, logs --follow) must end: stdin closed (the SSH channel
+    is gone), the parent process changed (sshd or the shell died), or the optional duration passed.
+    A line arriving on stdin is a poke: `poked()` reports it once (the stream answers at once)."""
+
+    def __init__(self, watch_stdin: bool = True, max_seconds: float = 0.0) -> None:
+        self.ppid = os.getppid()
+        self.deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
+        self.poller = select.poll()
+        self.watch_stdin = watch_stdin
+        self.closed = ""
+        self.pokes = 0
+        if watch_stdin:
+            self.poller.register(0, select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def reason(self, wait_ms: int = 0) -> str:
+        """"" while the verb should go on; otherwise why it should stop. Waits up to wait_ms for stdin."""
+        if self.closed:
+            return self.closed
+        if os.getppid() != self.ppid:
+            self.closed = "parent process exited"
+        elif self.watch_stdin:
+            self._read_stdin(wait_ms)
+        elif wait_ms > 0:
+            time.sleep(wait_ms / 1000.0)
+        if not self.closed and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.closed = "duration reached"
+        return self.closed
+
+    def _read_stdin(self, wait_ms: int) -> None:
+        for _, events in self.poller.poll(wait_ms):
+            if events & select.POLLIN:
+                try:
+                    data = os.read(0, 4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.closed = "stdin closed"
+                self.pokes += data.count(b"\n")
+            elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self.closed = "stdin closed"
+
+    def poked(self) -> bool:
+        """Whether a line arrived on stdin since the last call."""
+        if self.pokes:
+            self.pokes = 0
+            return True
+        return False
