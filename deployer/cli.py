@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+from types import ModuleType
 from typing import Callable, Sequence
 
 from deployer import __version__
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _module(name: str):  # type: ignore[no-untyped-def]
+def _module(name: str) -> ModuleType:
     return importlib.import_module(f"deployer.commands.{name}")
 
 

@@ -101,14 +101,22 @@ def load_document(path: str | Path) -> Document:
     Raises:
         ConfigError: the file is missing, unreadable, not UTF-8 or malformed.
     """
+    return parse_document(read_source(path), str(path))
+
+
+def read_source(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of an input file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not UTF-8, naming the file and the fix.
+    """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(Problem(Location(source), "file not found", "check the path")) from None
+        raise ConfigError(Problem(Location(source), f"{what} not found", "check the path")) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(Problem(Location(source), f"cannot read file: {exc}", "check the file")) from None
-    return parse_document(text, source)
+        raise ConfigError(Problem(Location(source), f"cannot read {what}: {exc}", "check the file")) from None
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Mapping
 
-from deployer.document import Document, did_you_mean, parse_document
+from deployer.document import Document, did_you_mean, parse_document, read_source
 from deployer.errors import ConfigError, Location, Problem
 from deployer.hostrange import RangeError, expand, is_host_like, split_port
 from deployer.inventory_ini import looks_like_ini, parse_ini
@@ -192,14 +192,7 @@ def load_inventory(path: str | Path) -> Inventory:
     Raises:
         ConfigError: the file is unreadable or invalid; every problem, located, with its fix.
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(Problem(Location(source), "inventory file not found", "check the path")) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(Problem(Location(source), f"cannot read inventory: {exc}", "check the file")) from None
-    return parse_inventory(text, source)
+    return parse_inventory(read_source(path, "inventory file"), str(path))
 
 
 def parse_inventory(text: str, source: str) -> Inventory:

@@ -1,0 +1,216 @@
+"""The controller's side of the node runtime: install it, launch, stop, renew and probe allocations.
+
+Everything goes through a Transport (SSH or local), so this module never opens a connection itself.
+The runtime is pushed once per version by checksum into <root>/runtime/<id>/; each allocation's
+spec.json, secrets (0600, stdin only) and job files go to <root>/allocs/<alloc_id>/ by checksum, then
+`flexnode.py start` launches it, idempotent by allocation id: a second identical launch sends no file
+and starts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+from deployer.connection import FileSpec as PushFile
+from deployer.connection import Result, Secret
+from deployer.errors import ProbeError, TransportError
+from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
+from deployer.noderuntime import ENTRY_POINT, runtime_files, runtime_id
+from deployer.probe import parse_probe
+from deployer.transport import Transport
+
+log = logging.getLogger(__name__)
+
+ROOT_USER_FLEX_ROOT = "/var/lib/flex"
+USER_FLEX_ROOT = ".local/share/flex"  # below the login user's home directory
+VERB_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One allocation to start on one node: the job, its place, and what the scheduler assigned."""
+
+    alloc_id: str
+    job: JobSpec
+    index: int = 0
+    gpus: tuple[int, ...] | None = None  # None: the job asked for no GPU handling
+    ports: Mapping[str, int] = field(default_factory=lambda: EMPTY)
+    extra_env: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # gang: RANK, WORLD_SIZE, ...
+    lease_ttl: float = 0.0
+
+
+def allocation_spec(launch: Launch, node: str) -> dict[str, Any]:
+    """The spec.json the node runtime reads for this launch (no secrets in it, ever)."""
+    job = launch.job
+    env = dict(job.env)
+    env.update({port_env(name): str(port) for name, port in launch.ports.items()})
+    env.update(launch.extra_env)
+    env.update({"FLEX_NODE": node, "FLEX_ALLOC_INDEX": str(launch.index)})
+    spec: dict[str, Any] = {
+        "argv": list(job.command), "env": env, "job": job.name,
+        "stop_signal": job.stop.signal, "stop_timeout": job.stop.timeout, "lease_ttl": launch.lease_ttl,
+    }
+    if launch.gpus is not None or job.resources.gpus:
+        spec["gpus"] = list(launch.gpus or ())
+    if job.health is not None:
+        spec["health"] = _health_spec(job, launch.ports)
+    return spec
+
+
+def _health_spec(job: JobSpec, ports: Mapping[str, int]) -> dict[str, Any]:
+    check = job.health
+    assert check is not None
+    spec: dict[str, Any] = {"type": check.kind, "timeout": check.timeout, "interval": check.interval}
+    if check.kind in ("http", "tcp"):
+        spec["port"] = ports.get(check.port)
+        if check.kind == "http":
+            spec["path"] = check.path or "/"
+    else:
+        spec["argv"] = list(check.command)
+    return spec
+
+
+class NodeClient:
+    """Runs node runtime verbs on one host through a transport; results are parsed JSON documents."""
+
+    def __init__(self, transport: Transport, host: Host) -> None:
+        self.transport = transport
+        self.host = host
+        self._root: str | None = host.flex_root
+        self._files = runtime_files()
+        self._runtime_id = runtime_id(self._files)
+
+    async def root(self) -> str:
+        """The node's flex root: flex_root, /var/lib/flex for root, else ~/.local/share/flex.
+
+        Raises:
+            TransportError: the node could not be asked for its home directory.
+        """
+        if self._root is None:
+            if self.host.user == "root":
+                self._root = ROOT_USER_FLEX_ROOT
+            else:
+                result = await self.transport.run(self.host, ["sh", "-c", 'echo "$HOME"; id -u'], timeout=10)
+                home, uid = (result.stdout.split() + ["", ""])[:2]
+                if not result.ok or not home.startswith("/"):
+                    raise TransportError(self.host.name, f"cannot find the home directory: {result.stderr}",
+                                         "set flex_root for this host in the inventory")
+                self._root = ROOT_USER_FLEX_ROOT if uid == "0" else posixpath.join(home, USER_FLEX_ROOT)
+        return self._root
+
+    async def runtime_dir(self) -> str:
+        """Where this controller's runtime version lives on the node."""
+        return posixpath.join(await self.root(), "runtime", self._runtime_id)
+
+    async def install(self) -> bool:
+        """Push the node runtime (and pynvml.py) by checksum; True when any file travelled."""
+        target = await self.runtime_dir()
+        files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in self._files]
+        result = await self.transport.sync(self.host, files)
+        return bool(result.changed)
+
+    async def verb(self, *args: str, timeout: float = VERB_TIMEOUT) -> dict[str, Any]:
+        """Run `flexnode.py VERB ARGS` and return its JSON document (ok false is returned, not raised).
+
+        Raises:
+            ProbeError: the runtime printed something that is not one JSON object.
+        """
+        entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
+        argv = ["python3", "-E", "-s", entry, "--root", await self.root(), *args]
+        result = await self.transport.run(self.host, argv, timeout=timeout)
+        return _document(self.host.name, result)
+
+    async def launch(self, launch: Launch, secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Push the allocation's files by checksum, then start it (a no-op when it already runs)."""
+        alloc_dir = posixpath.join(await self.root(), "allocs", launch.alloc_id)
+        await self.transport.sync(self.host, self._allocation_files(launch, alloc_dir, secrets))
+        return await self.verb("start", launch.alloc_id)
+
+    def _allocation_files(self, launch: Launch, alloc_dir: str, secrets: Mapping[str, str] | None) -> list[PushFile]:
+        spec = json.dumps(allocation_spec(launch, self.host.name), sort_keys=True).encode()
+        files = [PushFile.from_bytes(spec, posixpath.join(alloc_dir, "spec.json"), 0o644)]
+        if secrets:
+            data = json.dumps(dict(secrets), sort_keys=True).encode()
+            files.append(PushFile.from_secret(Secret(data), posixpath.join(alloc_dir, "env.secret")))
+        for item in launch.job.files:
+            dest = item.dest if posixpath.isabs(item.dest) else posixpath.join(alloc_dir, item.dest)
+            files.append(PushFile.from_path(item.src, dest, item.mode))
+        return files
+
+    async def stop(self, alloc_id: str, *, timeout: float | None = None, signal: str | None = None) -> dict[str, Any]:
+        """Stop the allocation's whole process group (SIGKILL after timeout); idempotent."""
+        args = ["stop", alloc_id]
+        if timeout is not None:
+            args += ["--timeout", f"{timeout:g}"]
+        if signal:
+            args += ["--signal", signal]
+        return await self.verb(*args, timeout=VERB_TIMEOUT + (timeout or 10.0))
+
+    async def status(self, *alloc_ids: str) -> dict[str, Any]:
+        """The node's view of the given allocations (all of them when none is given)."""
+        return await self.verb("status", *alloc_ids)
+
+    async def renew(self, *alloc_ids: str) -> dict[str, Any]:
+        """Renew the leases of the given allocations in one command."""
+        return await self.verb("renew", *alloc_ids)
+
+    async def logs(self, alloc_id: str, *, stream: str = "stdout", previous: bool = False, tail: int = 200) -> list[str]:
+        """The last lines of an allocation's stdout or stderr (or of its previous run)."""
+        args = ["logs", alloc_id, "--stream", stream, "--tail", str(tail)] + (["--previous"] if previous else [])
+        doc = await self.verb(*args)
+        return [str(line) for line in doc.get("lines") or ()]
+
+    async def probe(self) -> NodeState:
+        """One probe document, parsed; the round trip time is measured here.
+
+        Raises:
+            TransportError: the node could not be reached (callers turn this into NodeState data).
+            ProbeError: the node answered with something unreadable.
+        """
+        started = time.monotonic()
+        doc = await self.verb("probe")
+        now = time.monotonic()
+        return parse_probe(self.host.name, doc, observed_at=now, rtt=now - started)
+
+    async def probe_stream(self, interval: float = 2.0) -> AsyncIterator[NodeState]:
+        """NodeStates from one long-lived probe channel: one per interval and at once on any exit."""
+        entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
+        argv = ["python3", "-E", "-s", entry, "--root", await self.root(), "probe", "--stream",
+                "--interval", f"{interval:g}"]
+        async with self.transport.stream(self.host, argv) as lines:
+            async for line in lines:
+                if line.strip():
+                    yield parse_probe(self.host.name, line, observed_at=time.monotonic())
+
+
+def _document(node: str, result: Result) -> dict[str, Any]:
+    try:
+        doc = json.loads(result.stdout)
+    except ValueError:
+        detail = (result.stderr or result.stdout).strip()[-500:]
+        raise ProbeError(f"{node}: node runtime exited {result.exit_status} without a JSON answer: {detail}") from None
+    if not isinstance(doc, dict):
+        raise ProbeError(f"{node}: node runtime answered {result.stdout[:200]!r}, not a JSON object")
+    return doc
+
+
+async def gather_probes(clients: Sequence[NodeClient], *, timeout: float) -> dict[str, NodeState | Exception]:
+    """One probe round over many nodes at once: each node's state, or the error that stopped it.
+
+    A slow or dead node costs at most `timeout` and never delays the others' answers.
+    """
+    import asyncio
+
+    async def one(client: NodeClient) -> NodeState | Exception:
+        try:
+            return await asyncio.wait_for(client.probe(), timeout)
+        except (TransportError, ProbeError, TimeoutError) as exc:
+            return exc
+
+    results = await asyncio.gather(*(one(c) for c in clients))
+    return {c.host.name: r for c, r in zip(clients, results)}
