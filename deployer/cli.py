@@ -23,6 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "validate": ("validate", "check an inventory and job specs; every problem at once, located"),
     "inventory": ("inventory", "show the resolved inventory (--list: like ansible-inventory --list)"),
     "schema": ("schema", "print the JSON Schema of a job spec or an inventory, for editors"),
+    "probe": ("probe", "probe hosts once: load, memory, disk, GPUs (NVML) and allocations"),
+    "hosts": ("hosts", "manage SSH host keys: `flex hosts trust HOST...` records a key when none is known"),
 }
 
 
