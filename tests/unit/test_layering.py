@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYER = ROOT / "deployer"
-PURE = ["models", "scheduler", "reconcile", "spec", "inventory", "document", "units", "cron", "errors",
+PURE = ["models", "scheduler", "reconcile", "spec", "spec_rules", "schema_problems", "inventory", "inventory_checks",
+        "document", "units", "cron", "errors",
         "hostrange", "inventory_ini"]
 IO_LIBRARIES = {"asyncssh", "sqlite3", "textual", "subprocess", "socket"}
 
