@@ -448,7 +448,47 @@ class NodeState:
         return self.status == NODE_READY
 
 
+
+# --- the controller's records ----------------------------------------------------------------------
+
+DESIRED_RUN, DESIRED_STOP = "run", "stop"
+OBSERVED = ("pending", "starting", "running", "exited", "complete", "failed", "lost", "unknown", "stopped")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One placed copy of a job on one node, as the controller records it.
+
+    `desired_status` is what the controller wants (run | stop); `observed_status` is what it last saw
+    (see OBSERVED). The resources it holds on its node (cpus, memory, gpus, ports) are recorded with it,
+    so the scheduler can count what is free without asking the node.
+    """
+
+    id: str
+    job: str
+    node: str
+    index: int = 0
+    job_version: str = ""  # the JobSpec fingerprint it was placed with
+    cpus: float = 0.0
+    memory: int = 0
+    gpus: tuple[int, ...] = ()
+    ports: Mapping[str, int] = field(default_factory=lambda: EMPTY)
+    rank: int | None = None  # gang member rank
+    desired_status: str = DESIRED_RUN
+    observed_status: str = "pending"
+    generation: int = 0
+    restarts: int = 0
+    exit_code: int | None = None
+    created_at: float = 0.0
+
+    @property
+    def holds_resources(self) -> bool:
+        """True while the allocation counts against its node's capacity."""
+        return self.desired_status == DESIRED_RUN and self.observed_status not in ("complete", "failed", "lost", "stopped")
+
+
 __all__ += [
     "NODE_READY", "NODE_UNKNOWN", "NODE_UNREACHABLE", "NODE_UNTRUSTED", "AllocationObservation",
     "GpuProcess", "GpuState", "HealthResult", "NodeState",
+    "DESIRED_RUN", "DESIRED_STOP", "OBSERVED", "Allocation",
 ]
