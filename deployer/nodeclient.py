@@ -121,7 +121,7 @@ class NodeClient:
             ProbeError: the runtime printed something that is not one JSON object.
         """
         entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
-        argv = ["python3", "-E", "-s", entry, "--root", await self.root(), *args]
+        argv = ["python3", "-E", "-S", entry, "--root", await self.root(), *args]
         result = await self.transport.run(self.host, argv, timeout=timeout)
         return _document(self.host.name, result)
 
@@ -180,7 +180,7 @@ class NodeClient:
     async def probe_stream(self, interval: float = 2.0) -> AsyncIterator[NodeState]:
         """NodeStates from one long-lived probe channel: one per interval and at once on any exit."""
         entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
-        argv = ["python3", "-E", "-s", entry, "--root", await self.root(), "probe", "--stream",
+        argv = ["python3", "-E", "-S", entry, "--root", await self.root(), "probe", "--stream",
                 "--interval", f"{interval:g}"]
         async with self.transport.stream(self.host, argv) as lines:
             async for line in lines:

@@ -1,0 +1,111 @@
+"""NodeClient: the pure allocation_spec() (table-driven) and one round trip on the local connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployer.models import HealthCheck, Host, JobSpec, Port, Resources, StopPolicy
+from deployer.nodeclient import Launch, NodeClient, allocation_spec
+from deployer.transport import Pool
+from tests.integration.transportkit import fast_settings
+
+SECRET = "hunter2-very-secret"
+
+
+def job(**overrides: Any) -> JobSpec:
+    values: dict[str, Any] = {"name": "web", "command": ("python3", "-m", "http.server"), "env": {"MODE": "prod"}}
+    values.update(overrides)
+    return JobSpec(**values)
+
+
+CASES: list[tuple[str, Launch, dict[str, Any], tuple[str, ...]]] = [
+    ("plain", Launch("a1", job()),
+     {"argv": ["python3", "-m", "http.server"], "job": "web", "stop_signal": "SIGTERM", "stop_timeout": 10.0,
+      "lease_ttl": 0.0, "env": {"MODE": "prod", "FLEX_NODE": "n1", "FLEX_ALLOC_INDEX": "0"}},
+     ("gpus", "health")),
+    ("ports become FLEX_PORT_*", Launch("a2", job(ports=(Port("http"), Port("admin", 9000))), index=3,
+                                        ports={"http": 31000, "admin": 9000}),
+     {"env": {"MODE": "prod", "FLEX_PORT_HTTP": "31000", "FLEX_PORT_ADMIN": "9000", "FLEX_NODE": "n1",
+              "FLEX_ALLOC_INDEX": "3"}},
+     ("gpus",)),
+    ("gang extra env", Launch("a3", job(gang=True), extra_env={"RANK": "1", "WORLD_SIZE": "4",
+                                                               "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}),
+     {"env": {"MODE": "prod", "RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+              "FLEX_NODE": "n1", "FLEX_ALLOC_INDEX": "0"}},
+     ("gpus",)),
+    ("gpu job with GPUs assigned", Launch("a4", job(resources=Resources(gpus=2)), gpus=(1, 3)),
+     {"gpus": [1, 3]}, ()),
+    ("gpu job with none assigned is []", Launch("a5", job(resources=Resources(gpus=1))), {"gpus": []}, ()),
+    ("gpus=() on a cpu job hides every GPU", Launch("a6", job(), gpus=()), {"gpus": []}, ()),
+    ("gpus None on a cpu job leaves GPUs alone", Launch("a7", job()), {}, ("gpus",)),
+    ("http health port name -> number",
+     Launch("a8", job(ports=(Port("http"),), health=HealthCheck("http", path="/healthz", port="http",
+                                                                interval=5, timeout=1)),
+            ports={"http": 31001}),
+     {"health": {"type": "http", "port": 31001, "path": "/healthz", "interval": 5, "timeout": 1}}, ()),
+    ("tcp health", Launch("a9", job(ports=(Port("db"),), health=HealthCheck("tcp", port="db")), ports={"db": 5432}),
+     {"health": {"type": "tcp", "port": 5432, "interval": 10.0, "timeout": 2.0}}, ()),
+    ("command health", Launch("a10", job(health=HealthCheck("command", command=("test", "-e", "ready")))),
+     {"health": {"type": "command", "argv": ["test", "-e", "ready"], "interval": 10.0, "timeout": 2.0}}, ()),
+    ("stop policy and lease", Launch("a11", job(stop=StopPolicy("SIGINT", 30.0)), lease_ttl=45.0),
+     {"stop_signal": "SIGINT", "stop_timeout": 30.0, "lease_ttl": 45.0}, ()),
+]
+
+
+@pytest.mark.parametrize(("launch", "expected", "absent"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_allocation_spec(launch: Launch, expected: dict[str, Any], absent: tuple[str, ...]) -> None:
+    spec = allocation_spec(launch, "n1")
+    for key, value in expected.items():
+        assert spec[key] == value, key
+    for key in absent:
+        assert key not in spec
+    assert json.loads(json.dumps(spec)) == spec  # plain JSON
+
+
+def test_allocation_spec_never_carries_secrets() -> None:
+    from deployer.models import SecretRef
+
+    launch = Launch("s1", job(secrets=(SecretRef("token", env="API_TOKEN", file="/etc/token"),)))
+    text = json.dumps(allocation_spec(launch, "n1"))
+    assert "API_TOKEN" not in text and "/etc/token" not in text and "secret" not in text.lower()
+
+
+async def test_local_install_launch_probe_stop(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    out = tmp_path / "env.json"
+    script = (f"import json, os; json.dump(dict(os.environ), open({str(out)!r} + '.tmp', 'w')); "
+              f"os.replace({str(out)!r} + '.tmp', {str(out)!r}); import time; time.sleep(60)")
+    launch = Launch("loc-1", job(command=("python3", "-c", script), stop=StopPolicy(timeout=2.0)), gpus=())
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        assert await client.install() is True
+        assert await client.install() is False
+        doc = await client.launch(launch, secrets={"API_TOKEN": SECRET})
+        assert doc["ok"] and doc["pid"], doc
+        again = await client.launch(launch, secrets={"API_TOKEN": SECRET})
+        assert again["already_running"] and again["pid"] == doc["pid"]
+        for _ in range(100):
+            if out.exists():
+                break
+            await asyncio.sleep(0.05)
+        env = json.loads(out.read_text())
+        assert env["API_TOKEN"] == SECRET and env["MODE"] == "prod" and env["CUDA_VISIBLE_DEVICES"] == ""
+        spec_text = (root / "allocs" / "loc-1" / "spec.json").read_text()
+        assert SECRET not in spec_text
+        assert (root / "allocs" / "loc-1" / "env.secret").stat().st_mode & 0o777 == 0o600
+
+        state = await client.probe()
+        assert state.status == "ready" and state.cpus
+        alloc = state.allocations["loc-1"]
+        assert alloc.status == "running" and alloc.is_alive and alloc.pid == doc["pid"]
+
+        stopped = await client.stop("loc-1", timeout=2)
+        assert stopped["ok"] and stopped["was_running"] and not stopped.get("left"), stopped
+        after = (await client.status("loc-1"))["allocations"]["loc-1"]
+        assert not after["alive"] and after["status"] == "stopped", after
