@@ -181,7 +181,9 @@ class NodeClient:
         """NodeStates from one long-lived probe channel: one per interval and at once on any exit."""
         entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
         argv = ["python3", "-E", "-S", entry, "--root", await self.root(), "probe", "--stream",
-                "--interval", f"{interval:g}"]
+                "--interval", f"{interval:g}", "--ignore-stdin"]
+        # The transport gives streams no stdin; its own watchdog (ssh) or the parent-death check (local)
+        # ends the node-side stream when the channel or the controller goes away.
         async with self.transport.stream(self.host, argv) as lines:
             async for line in lines:
                 if line.strip():
