@@ -1,7 +1,7 @@
 """`flex validate [INVENTORY] [SPEC...]`: check inputs without touching any host.
 
-Files are told apart by content: an INI file or a YAML mapping without `command` is an inventory, a
-YAML mapping with `command` is a job spec. With an inventory and no spec, the inventory's
+Files are told apart by content: an INI file, or YAML that does not read as a job spec (see
+spec.looks_like_job: misspelled job keys still count as a job), is an inventory. With an inventory and no spec, the inventory's
 `flex_playbooks` are validated too. Every problem of every file is reported at once (exit 2).
 """
 
@@ -27,24 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def is_inventory_file(path: Path) -> bool:
     """True when path looks like an inventory rather than a job spec (decided by content)."""
+    import yaml
+
+    from deployer.inventory_ini import looks_like_ini
+    from deployer.spec import looks_like_job
+
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False  # let the job loader report the unreadable file
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", ";", "---")):
-            continue
-        if stripped.startswith("["):
-            return True  # INI section header
-        break
-    import yaml
-
+    if looks_like_ini(text):
+        return True
     try:
-        data = yaml.safe_load(text)
+        return not looks_like_job(yaml.safe_load(text))
     except yaml.YAMLError:
         return path.suffix in (".ini", ".cfg") or "inventor" in path.name
-    return not (isinstance(data, dict) and "command" in data)
 
 
 def playbook_paths(inventory: Any) -> list[Path]:

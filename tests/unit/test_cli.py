@@ -83,3 +83,10 @@ def test_validate_names_a_missing_file() -> None:
     out = flex("validate", "-i", "inventory/local.yaml", "playbooks/does-not-exist.yaml")
     assert out.returncode == 2
     assert "playbooks/does-not-exist.yaml" in out.stderr and "not found" in out.stderr
+
+
+def test_a_job_spec_with_a_misspelled_command_is_still_read_as_a_job(tmp_path: Path) -> None:
+    (tmp_path / "typo.yaml").write_text("name: x\ncomand: [true]\n")
+    out = flex("validate", str(tmp_path / "typo.yaml"))
+    assert out.returncode == 2
+    assert "did you mean 'command'?" in out.stderr and "group" not in out.stderr
