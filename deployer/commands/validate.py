@@ -1,8 +1,8 @@
 """`flex validate [INVENTORY] [SPEC...]`: check inputs without touching any host.
 
 Files are told apart by content: an INI file, or YAML that does not read as a job spec (see
-spec.looks_like_job: misspelled job keys still count as a job), is an inventory. With an inventory and no spec, the inventory's
-`flex_playbooks` are validated too. Every problem of every file is reported at once (exit 2).
+spec.looks_like_job: misspelled job keys still count as a job), is an inventory. With an inventory
+and no spec, the inventory's `flex_playbooks` are validated too. Every problem of every file is reported at once (exit 2).
 """
 
 from __future__ import annotations
