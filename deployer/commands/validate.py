@@ -2,7 +2,8 @@
 
 Files are told apart by content: an INI file, or YAML that does not read as a job spec (see
 spec.looks_like_job: misspelled job keys still count as a job), is an inventory. With an inventory
-and no spec, the inventory's `flex_playbooks` are validated too. Every problem of every file is reported at once (exit 2).
+and no spec, the inventory's `flex_playbooks` are validated too. Every problem of every file is
+reported at once (exit 2).
 """
 
 from __future__ import annotations
