@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 
 from deployer.connection import FileSpec as PushFile
 from deployer.connection import Result, Secret
-from deployer.errors import ProbeError, TransportError
+from deployer.errors import FlexError, ProbeError, TransportError
 from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
 from deployer.noderuntime import ENTRY_POINT, runtime_files, runtime_id
 from deployer.probe import parse_probe
@@ -114,15 +114,19 @@ class NodeClient:
         result = await self.transport.sync(self.host, files)
         return bool(result.changed)
 
+    async def _argv(self, *args: str) -> list[str]:
+        # -E -S: no PYTHON* variables and no site scan; the runtime needs only the stdlib and the
+        # pynvml.py beside it (-I would drop the script's directory from sys.path, and pynvml with it)
+        entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
+        return ["python3", "-E", "-S", entry, "--root", await self.root(), *args]
+
     async def verb(self, *args: str, timeout: float = VERB_TIMEOUT) -> dict[str, Any]:
         """Run `flexnode.py VERB ARGS` and return its JSON document (ok false is returned, not raised).
 
         Raises:
             ProbeError: the runtime printed something that is not one JSON object.
         """
-        entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
-        argv = ["python3", "-E", "-S", entry, "--root", await self.root(), *args]
-        result = await self.transport.run(self.host, argv, timeout=timeout)
+        result = await self.transport.run(self.host, await self._argv(*args), timeout=timeout)
         return _document(self.host.name, result)
 
     async def launch(self, launch: Launch, secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -179,9 +183,7 @@ class NodeClient:
 
     async def probe_stream(self, interval: float = 2.0) -> AsyncIterator[NodeState]:
         """NodeStates from one long-lived probe channel: one per interval and at once on any exit."""
-        entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
-        argv = ["python3", "-E", "-S", entry, "--root", await self.root(), "probe", "--stream",
-                "--interval", f"{interval:g}", "--ignore-stdin"]
+        argv = await self._argv("probe", "--stream", "--interval", f"{interval:g}", "--ignore-stdin")
         # The transport gives streams no stdin; its own watchdog (ssh) or the parent-death check (local)
         # ends the node-side stream when the channel or the controller goes away.
         async with self.transport.stream(self.host, argv) as lines:
@@ -201,17 +203,23 @@ def _document(node: str, result: Result) -> dict[str, Any]:
     return doc
 
 
-async def gather_probes(clients: Sequence[NodeClient], *, timeout: float) -> dict[str, NodeState | Exception]:
+async def gather_probes(clients: Sequence[NodeClient], *, timeout: float,
+                        install: bool = False) -> dict[str, NodeState | Exception]:
     """One probe round over many nodes at once: each node's state, or the error that stopped it.
 
-    A slow or dead node costs at most `timeout` and never delays the others' answers.
+    With install, each node first gets the runtime (by checksum). A slow or dead node costs at most
+    `timeout` per step and never delays the others' answers.
     """
     import asyncio
 
     async def one(client: NodeClient) -> NodeState | Exception:
         try:
+            if install:
+                await asyncio.wait_for(client.install(), timeout)
             return await asyncio.wait_for(client.probe(), timeout)
-        except (TransportError, ProbeError, TimeoutError) as exc:
+        except TimeoutError:
+            return TimeoutError(f"no answer within {timeout:g}s")
+        except FlexError as exc:
             return exc
 
     results = await asyncio.gather(*(one(c) for c in clients))

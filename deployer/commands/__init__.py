@@ -7,8 +7,16 @@ sqlite3) is imported inside `run`, so building the parser stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
+
+DEFAULT_INVENTORY = "inventory/local.yaml"  # the embedded default fleet (local connection, no sshd)
+
+
+def default_inventory() -> str:
+    """The inventory a verb uses when none is given: $FLEX_INVENTORY, else DEFAULT_INVENTORY."""
+    return os.environ.get("FLEX_INVENTORY", DEFAULT_INVENTORY)
 
 
 def emit_json(value: Any) -> None:

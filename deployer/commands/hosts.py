@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
-from deployer.commands import emit, emit_json
-
-DEFAULT_INVENTORY = "inventory/local.yaml"
+from deployer.commands import DEFAULT_INVENTORY, default_inventory, emit, emit_json
 
 
 def add_inventory_option(parser: argparse.ArgumentParser) -> None:
     """The -i/--inventory option shared by verbs that act on hosts ($FLEX_INVENTORY is the default)."""
-    default = os.environ.get("FLEX_INVENTORY", DEFAULT_INVENTORY)
+    default = default_inventory()
     parser.add_argument("-i", "--inventory", default=default,
                         help=f"inventory file (default: $FLEX_INVENTORY or {DEFAULT_INVENTORY}; now {default})")
 

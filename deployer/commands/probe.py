@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
-from deployer.commands import emit, emit_json
-from deployer.commands.hosts import DEFAULT_INVENTORY
+from deployer.commands import DEFAULT_INVENTORY, default_inventory, emit, emit_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `flex probe`."""
-    parser.add_argument("inventory", nargs="?", default=os.environ.get("FLEX_INVENTORY", DEFAULT_INVENTORY),
+    parser.add_argument("inventory", nargs="?", default=default_inventory(),
                         help=f"inventory file (default: $FLEX_INVENTORY or {DEFAULT_INVENTORY})")
     parser.add_argument("--host", action="append", default=[], metavar="HOST", help="only these hosts (repeatable)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per host (default 20)")
@@ -40,20 +38,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _probe_all(inventory: Any, hosts: list[Any], timeout: float) -> dict[str, Any]:
-    from deployer.errors import FlexError
-    from deployer.nodeclient import NodeClient
+    from deployer.nodeclient import NodeClient, gather_probes
     from deployer.transport import Pool
 
     async with Pool.from_inventory(inventory) as pool:
-        async def one(host: Any) -> Any:
-            client = NodeClient(pool, host)
-            try:
-                await asyncio.wait_for(client.install(), timeout)
-                return await asyncio.wait_for(client.probe(), timeout)
-            except (FlexError, TimeoutError) as exc:
-                return exc if str(exc) else TimeoutError(f"no answer within {timeout:g}s")
-        values = await asyncio.gather(*(one(h) for h in hosts))
-    return {h.name: v for h, v in zip(hosts, values)}
+        return await gather_probes([NodeClient(pool, h) for h in hosts], timeout=timeout, install=True)
 
 
 def failure_status(error: Exception) -> str:

@@ -13,9 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deployer.commands import emit, emit_json
-
-DEFAULT_INVENTORY = "inventory/local.yaml"
+from deployer.commands import DEFAULT_INVENTORY, emit, emit_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
