@@ -9,6 +9,7 @@ and starts nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import posixpath
@@ -20,7 +21,7 @@ from deployer.connection import FileSpec as PushFile
 from deployer.connection import Result, Secret
 from deployer.errors import FlexError, ProbeError, TransportError
 from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
-from deployer.noderuntime import ENTRY_POINT, runtime_files, runtime_id
+from deployer.noderuntime import ENTRY_POINT, RuntimeFile, runtime_files, runtime_id
 from deployer.probe import parse_probe
 from deployer.transport import Transport
 
@@ -75,6 +76,13 @@ def _health_spec(job: JobSpec, ports: Mapping[str, int]) -> dict[str, Any]:
     return spec
 
 
+@functools.cache
+def _runtime_manifest() -> tuple[tuple[RuntimeFile, ...], str]:
+    # The runtime's files are hashed once per process, not once per node: a fleet shares one manifest.
+    files = runtime_files()
+    return files, runtime_id(files)
+
+
 class NodeClient:
     """Runs node runtime verbs on one host through a transport; results are parsed JSON documents."""
 
@@ -82,8 +90,7 @@ class NodeClient:
         self.transport = transport
         self.host = host
         self._root: str | None = host.flex_root
-        self._files = runtime_files()
-        self._runtime_id = runtime_id(self._files)
+        self._files, self._runtime_id = _runtime_manifest()
 
     async def root(self) -> str:
         """The node's flex root: flex_root, /var/lib/flex for root, else ~/.local/share/flex.
