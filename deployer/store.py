@@ -119,6 +119,21 @@ class Transaction(Reader):
                    (name, None if last_state is None else json.dumps(last_state, sort_keys=True), last_seen,
                     boot_id))
 
+    def save_node_host(self, name: str, host: Mapping[str, Any]) -> None:
+        """Remember how a node is reached, so its work can still be stopped after it leaves the inventory."""
+        self._exec("INSERT INTO nodes (name, host) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET host = excluded.host",
+                   (name, json.dumps(dict(host), sort_keys=True)))
+
+    def set_job_status(self, job: str, pending: str | None, now: float | None = None, *,
+                       last_fire: float | None = None, next_fire: float | None = None) -> None:
+        """Record why a job's allocations cannot be placed (None: all placed), and a cron job's last and
+        next fire (None keeps the stored value)."""
+        self._exec("INSERT INTO job_status (job, pending, last_fire, next_fire, updated_at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT(job) DO UPDATE SET pending = excluded.pending, "
+                   "last_fire = COALESCE(excluded.last_fire, job_status.last_fire), "
+                   "next_fire = COALESCE(excluded.next_fire, job_status.next_fire), updated_at = excluded.updated_at",
+                   (job, pending, last_fire, next_fire, time.time() if now is None else now))
+
     def append_event(self, kind: str, message: str, *, job: str | None = None, alloc: str | None = None,
                      node: str | None = None, actor: str | None = None, time: float | None = None) -> int:
         """Append to the event log (there is no update or delete); returns the new seq."""

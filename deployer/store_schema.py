@@ -20,7 +20,7 @@ from typing import Any
 from deployer.errors import StoreError
 from deployer.models import DESIRED_RUN, Allocation, frozen_mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 INTENT_KINDS = ("restart", "stop", "drain", "cordon", "uncordon")
@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     draining INTEGER NOT NULL DEFAULT 0,
     last_state TEXT,                       -- JSON
     last_seen REAL,
-    boot_id TEXT
+    boot_id TEXT,
+    host TEXT                              -- JSON: how to reach it, kept after it leaves the inventory
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -96,6 +97,13 @@ CREATE TABLE IF NOT EXISTS intents (
     result TEXT
 );
 CREATE INDEX IF NOT EXISTS intents_pending ON intents(applied_at);
+CREATE TABLE IF NOT EXISTS job_status (
+    job TEXT PRIMARY KEY,
+    pending TEXT,                          -- why allocations are missing (one sentence), NULL when placed
+    last_fire REAL,                        -- cron: wall time of the last fire (skipped runs included)
+    next_fire REAL,                        -- cron: wall time of the next fire
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS controller_lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     owner TEXT NOT NULL,
@@ -106,7 +114,13 @@ CREATE TABLE IF NOT EXISTS controller_lease (
     expires_at REAL NOT NULL
 );
 """
-TABLES = ("jobs", "job_versions", "allocations", "nodes", "events", "intents", "controller_lease")
+TABLES = ("jobs", "job_versions", "allocations", "nodes", "events", "intents", "job_status", "controller_lease")
+# Upgrades from an older schema version, in order: version -> statements that bring it to version + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE nodes ADD COLUMN host TEXT",
+        "CREATE TABLE IF NOT EXISTS job_status (job TEXT PRIMARY KEY, pending TEXT, last_fire REAL, next_fire REAL, "
+        "updated_at REAL NOT NULL)"),
+}
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,7 @@ class NodeRecord:
     last_state: Mapping[str, Any] | None = None
     last_seen: float | None = None
     boot_id: str | None = None
+    host: Mapping[str, Any] | None = None  # connection facts (name, address, port, user, ...) last used
 
 
 @dataclass(frozen=True)
@@ -214,7 +229,8 @@ def row_node(row: sqlite3.Row) -> NodeRecord:
     return NodeRecord(name=row["name"], cordoned=bool(row["cordoned"]),
                       cordoned_gpus=tuple(json.loads(row["cordoned_gpus"])), draining=bool(row["draining"]),
                       last_state=None if state is None else frozen_mapping(json.loads(state)),
-                      last_seen=row["last_seen"], boot_id=row["boot_id"])
+                      last_seen=row["last_seen"], boot_id=row["boot_id"],
+                      host=None if row["host"] is None else frozen_mapping(json.loads(row["host"])))
 
 
 def row_event(row: sqlite3.Row) -> Event:
@@ -314,6 +330,20 @@ class Reader:
         """Every intent ever written, oldest first (the audit trail)."""
         return [row_intent(r) for r in self._rows("SELECT * FROM intents ORDER BY id")]
 
+    def job_statuses(self) -> dict[str, str | None]:
+        """Job name -> why some of its allocations cannot be placed (None: nothing pending)."""
+        return {r["job"]: r["pending"] for r in self._rows("SELECT job, pending FROM job_status")}
+
+    def cron_times(self) -> dict[str, tuple[float | None, float | None]]:
+        """Cron job name -> (last fire, next fire), wall-clock seconds."""
+        return {r["job"]: (r["last_fire"], r["next_fire"]) for r in self._rows(
+            "SELECT job, last_fire, next_fire FROM job_status WHERE last_fire IS NOT NULL OR next_fire IS NOT NULL")}
+
+    def last_event_seq(self) -> int:
+        """The seq of the newest event (0 when there is none): follow the log from here."""
+        rows = self._rows("SELECT MAX(seq) AS seq FROM events")
+        return int(rows[0]["seq"] or 0)
+
     def lease_holder(self, now: float) -> Lease | None:
         """The controller holding the lease at wall-clock time now, or None when none (or it expired)."""
         rows = self._rows("SELECT * FROM controller_lease WHERE expires_at > ?", (now,))
@@ -356,6 +386,7 @@ def connect(path: Path, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         _check_version(conn, path)
+        _migrate(conn)
         if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -379,9 +410,24 @@ def connect(path: Path, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3
     return conn
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database of an older schema version up to SCHEMA_VERSION, one version per transaction."""
+    while 0 < (version := conn.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == version:  # not migrated meanwhile
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
 def _check_version(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
+    if version == SCHEMA_VERSION or 0 < version < SCHEMA_VERSION:
         return
     if version > SCHEMA_VERSION:
         raise StoreError(f"state database {path} has schema version {version}, newer than this flex knows "

@@ -28,3 +28,52 @@ def emit_json(value: Any) -> None:
 def emit(text: str = "") -> None:
     """Print one line of human output on stdout."""
     sys.stdout.write(text + "\n")
+
+
+def state_path(inventory: str, override: str | None = None) -> str:
+    """The state database of an inventory: --state, else $FLEX_STATE, else one file per inventory path
+    under $XDG_STATE_HOME/flex (~/.local/state/flex), so `flex push X` and `flex status X` agree."""
+    import hashlib
+    from pathlib import Path
+
+    if override:
+        return override
+    if os.environ.get("FLEX_STATE"):
+        return os.environ["FLEX_STATE"]
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "flex"
+    resolved = Path(inventory).resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
+    return str(base / f"{resolved.stem}-{digest}.db")
+
+
+def add_inventory_arguments(parser: Any, *, json_output: bool = True, positional: bool = True) -> None:
+    """The options every state-reading verb shares: INVENTORY (a positional, or -i when the verb's
+    positional is a target), --state, and --json."""
+    help_text = f"inventory file (default: $FLEX_INVENTORY or {DEFAULT_INVENTORY})"
+    if positional:
+        parser.add_argument("inventory", nargs="?", default=default_inventory(), help=help_text)
+    else:
+        parser.add_argument("-i", "--inventory", default=default_inventory(), help=help_text)
+    parser.add_argument("--state", metavar="PATH", default=None,
+                        help="state database (default: $FLEX_STATE, or one per inventory under ~/.local/state/flex)")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def open_store(args: Any) -> Any:
+    """The Store of args.inventory / args.state (created when new)."""
+    from deployer.store import Store
+
+    return Store.open(state_path(args.inventory, getattr(args, "state", None)))
+
+
+def actor() -> str:
+    """Who is asking, for the intent log: user@host."""
+    import getpass
+    import platform
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{platform.node()}"
