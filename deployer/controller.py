@@ -109,6 +109,10 @@ class Controller:
             ControllerBusy: another controller holds the lease of this state database.
         """
         now = time.time()
+        dead = live_lease_holder(self.store) is None and self.store.lease_holder(now)
+        if dead:  # its process is gone (SIGKILL, OOM): no need to wait for its lease to run out
+            self.store.release_lease(dead.owner)
+            self.store.append_event("controller", f"took over the lease of dead controller {dead.owner}")
         if not self.store.acquire_lease(self.owner, self.settings.controller_lease_ttl, now):
             holder = self.store.lease_holder(now)
             who = f"{holder.hostname} pid {holder.pid}" if holder else "another process"
@@ -370,6 +374,21 @@ class Controller:
             await asyncio.sleep(self.settings.min_pass_interval)
 
 
+def live_lease_holder(store: Store) -> Any:
+    """The controller holding the state database's lease, or None when none does or its holder is a
+    process of this machine that is gone (a lease left by a SIGKILLed controller)."""
+    holder = store.lease_holder(time.time())
+    if holder is None or holder.hostname != platform.node() or holder.pid is None:
+        return holder
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # another user's live process
+    return holder
+
+
 async def _quietly(op: Any) -> None:
     try:
         await op
@@ -412,4 +431,4 @@ def host_from_record(record: Mapping[str, Any]) -> Host:
     return Host(**fields, vars=frozen_mapping(record.get("vars") or {}))
 
 
-__all__ = ["Controller", "ControllerBusy", "ControllerSettings", "host_from_record", "host_record", "node_record"]
+__all__ = ["Controller", "ControllerBusy", "ControllerSettings", "live_lease_holder", "host_from_record", "host_record", "node_record"]

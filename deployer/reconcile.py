@@ -71,14 +71,15 @@ def reconcile(desired: Mapping[str, DesiredJob], snapshot: ClusterSnapshot, now:
 
 def _decide(alloc: Allocation, job: DesiredJob | None, snap: ClusterSnapshot, now: float, out: JobPass) -> None:
     """One allocation: stop it, leave it, restart it, mark it, or declare it lost."""
-    if alloc.desired_status == DESIRED_STOP or job is None or job.desired != DESIRED_RUN:
+    stopping = alloc.desired_status == DESIRED_STOP or job is None or job.desired != DESIRED_RUN
+    if alloc.id in snap.busy:  # no mark either: the operation saves its own result over the record
+        out.item(IGNORE, alloc, "an operation on it is in flight", requeue=0.5)
+        return
+    if stopping or job is None:
         _decide_stopping(alloc, job, snap, out)
         return
     if alloc.observed_status in ("complete", "failed") and (job.spec.is_batch or alloc.observed_status == "complete"):
         return  # final: a batch run that ended, never restarted
-    if alloc.id in snap.busy:
-        out.item(IGNORE, alloc, "an operation on it is in flight", requeue=0.5)
-        return
     node = snap.node(alloc.node)
     if alloc.node not in snap.hosts or alloc.node in snap.draining:
         out.migrating.append(alloc)  # replaced first, stopped once the replacement runs (place_job)
@@ -115,14 +116,14 @@ def _decide_unreachable(alloc: Allocation, spec: JobSpec, node: NodeState, snap:
     grace = spec.reschedule.grace
     if snap.lease_ttl > 0:
         grace = max(grace, snap.lease_ttl + LEASE_MARGIN)
-    if down < grace:
-        out.item(IGNORE, alloc, f"node {alloc.node} {node.status} for {down:.0f}s (grace {grace:g}s)",
-                 requeue=grace - down)
-        if alloc.observed_status != "unknown":
+    if down < grace or spec.reschedule.policy == "wait":
+        if down < grace:
+            out.item(IGNORE, alloc, f"node {alloc.node} {node.status} for {down:.0f}s (grace {grace:g}s)",
+                     requeue=grace - down)
+        else:
+            out.item(IGNORE, alloc, f"node {alloc.node} {node.status} for {down:.0f}s; policy wait keeps it there")
+        if alloc.observed_status != "unknown":  # whatever the policy: nobody knows whether it still runs
             out.mark(replace(alloc, observed_status="unknown"), f"node {alloc.node} {node.status}")
-        return
-    if spec.reschedule.policy == "wait":
-        out.item(IGNORE, alloc, f"node {alloc.node} {node.status} for {down:.0f}s; policy wait keeps it there")
         return
     out.item(LOST, replace(alloc, desired_status=DESIRED_STOP, observed_status="lost"),
              f"node {alloc.node} {node.status} for {down:.0f}s (grace {grace:g}s): replaced elsewhere")

@@ -19,6 +19,7 @@ from deployer.plan import (
     LOST,
     PLACE,
     RESTART,
+    START,
     STOP,
     UPDATE,
     AllocTimers,
@@ -49,12 +50,20 @@ class JobPass:
         self.migrating: list[Allocation] = []  # on a draining node or one gone from the inventory
         self._cluster: Cluster | None = None
         self._serial: dict[str, int] = {}
+        self._launching: set[str] = set()  # alloc ids with a START or RESTART item
+        self._versions: dict[str, str] = {}
 
     # --- recording decisions -------------------------------------------------------------------
 
     def item(self, action: str, alloc: Allocation, reason: str, *, target: int = 0, requeue: float | None = None,
              replaces: str | None = None, env: Mapping[str, str] = EMPTY, budgeted: bool = True) -> None:
-        """Add one plan item; STOP and LOST also change the record the rest of the pass sees."""
+        """Add one plan item; STOP and LOST also change the record the rest of the pass sees, and win over
+        a START or RESTART decided earlier in the pass (an allocation is never launched and stopped at once)."""
+        if action in (STOP, LOST) and alloc.id in self._launching:
+            self._launching.discard(alloc.id)
+            self.items = [i for i in self.items if i.alloc.id != alloc.id or i.action not in (START, RESTART)]
+        elif action in (START, RESTART):
+            self._launching.add(alloc.id)
         self.items.append(Item(action, alloc.job, reason, alloc, replaces, target, env, requeue, budgeted))
         if action in (STOP, LOST, PLACE, UPDATE):
             self.records[alloc.id] = alloc
@@ -101,9 +110,22 @@ class JobPass:
         token = hashlib.sha256(f"{self.snap.salt}:{job}:{index}:{serial}".encode()).hexdigest()[:6]
         return f"{job}-{index}-{token}"
 
+    def version(self, spec: JobSpec) -> str:
+        """`allocation_version(spec)`, computed once per job and pass."""
+        version = self._versions.get(spec.name)
+        if version is None:
+            version = self._versions[spec.name] = allocation_version(spec)
+        return version
+
     def timers(self, alloc_id: str) -> AllocTimers:
         """The controller's timers of an allocation (empty when it has none)."""
         return self.snap.timers.get(alloc_id) or AllocTimers()
+
+
+def allocation_version(spec: JobSpec) -> str:
+    """The version an allocation of spec runs (Allocation.job_version): the spec's fingerprint without its
+    count, so that scaling a job replaces none of the allocations it keeps."""
+    return spec.fingerprint if spec.count == 1 else replace(spec, count=1).fingerprint
 
 
 def occupies(alloc: Allocation, spec: JobSpec) -> bool:
@@ -143,17 +165,29 @@ def _counted(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
         staying = _dedupe([c for c in copies if c.id not in moving], out)
         if not staying:
             missing.append(index)
-            if copies:
-                replaces[index] = copies[0].id
+            predecessor = copies[0] if copies else _predecessor(index, allocs, out)
+            if predecessor is not None:
+                replaces[index] = predecessor.id
         elif copies and len(staying) < len(copies):
             _finish_migration(staying[0], [c for c in copies if c.id in moving], out)
     if spec.gang and missing and len(missing) < spec.count:
-        missing, replaces = _restart_gang(spec, by_index, out)
+        missing, restarted = _restart_gang(spec, by_index, out)
+        replaces.update(restarted)
     missing += _rolling_update(job, [r for r in (by_index.get(i, [None])[0] for i in range(spec.count))
                                      if r is not None and r.id not in moving and r.index not in missing], out,
                                replaces)
-    missing = _after_reschedule_delay(spec, allocs, sorted(set(missing)), out)
+    wanted = sorted(set(missing))
+    missing = _after_reschedule_delay(spec, allocs, wanted, out)
+    if spec.gang and len(missing) < len(wanted):
+        missing = []  # a gang starts whole: every member waits for the longest reschedule delay
     _place(job, missing, replaces, out)
+
+
+def _predecessor(index: int, allocs: list[Allocation], out: JobPass) -> Allocation | None:
+    """The allocation a new one at index replaces: the index's newest record, when it was lost or failed."""
+    records = [out.records[a.id] for a in allocs if a.index == index]
+    newest = max(records, key=lambda a: (a.created_at, a.id), default=None)
+    return newest if newest is not None and newest.observed_status in ("lost", "failed") else None
 
 
 def _dedupe(copies: list[Allocation], out: JobPass) -> list[Allocation]:
@@ -179,7 +213,14 @@ def _finish_migration(replacement: Allocation, moving: list[Allocation], out: Jo
 
 def _restart_gang(spec: JobSpec, by_index: dict[int, list[Allocation]],
                   out: JobPass) -> tuple[list[int], dict[int, str]]:
-    """A gang lost a member: every member stops and the whole gang is placed again together."""
+    """A gang lost a member: every member stops and the whole gang is placed again together (once no
+    member has an operation in flight: until then a new gang would run beside it)."""
+    busy = [m for copies in by_index.values() for m in copies if m.id in out.snap.busy]
+    for member in busy:
+        out.item(IGNORE, member, "a gang member was lost: the gang restarts after the operation in flight",
+                 requeue=0.5)
+    if busy:
+        return [], {}
     replaces = {}
     for index, copies in by_index.items():
         for member in copies:
@@ -192,11 +233,13 @@ def _restart_gang(spec: JobSpec, by_index: dict[int, list[Allocation]],
 def _rolling_update(job: DesiredJob, current: list[Allocation], out: JobPass, replaces: dict[int, str]) -> list[int]:
     """Indices whose allocation is replaced by the new version this pass (max_parallel at a time)."""
     spec, policy = job.spec, job.spec.update
-    version = spec.fingerprint
+    version = out.version(spec)
     old = [a for a in current if a.job_version != version and a.observed_status != "complete"]
     if not old:
         return []
     alive = {a.id for a in out.alive}
+    if spec.gang:
+        return _update_gang(current, alive, version, out, replaces)
     unsettled = sum(1 for a in current if a.job_version == version and not _settled(a, spec, alive, out))
     budget = max(0, policy.max_parallel - unsettled)
     idle = [a for a in old if a.id not in alive and out.snap.node(a.node).is_ready and a.id not in out.snap.busy]
@@ -207,6 +250,20 @@ def _rolling_update(job: DesiredJob, current: list[Allocation], out: JobPass, re
     if len(chosen) < len(old):
         out.wake.append(1.0)
     return [a.index for a in chosen]
+
+
+def _update_gang(current: list[Allocation], alive: set[str], version: str, out: JobPass,
+                 replaces: dict[int, str]) -> list[int]:
+    """A gang's members run one version: all are replaced together, once each is alive or idle on a
+    ready node (never beside a member that may still run)."""
+    members = [a for a in current if a.observed_status != "complete"]
+    if any(a.id in out.snap.busy or not out.snap.node(a.node).is_ready for a in members):
+        out.wake.append(1.0)
+        return []
+    for alloc in members:
+        _stop(out, alloc, f"rolling update to version {version[:8]}: the gang is replaced whole")
+        replaces[alloc.index] = alloc.id
+    return [a.index for a in members]
 
 
 def _settled(alloc: Allocation, spec: JobSpec, alive: set[str], out: JobPass) -> bool:
@@ -250,9 +307,14 @@ def _place(job: DesiredJob, indices: list[int], replaces: Mapping[int, str], out
     result = place(job.spec, len(indices), out.cluster(), indices=indices)
     for assignment in result.assignments:
         _add(job, assignment, out, replaces.get(assignment.index))
-    out.pending[job.name] = None if result.failure is None else result.failure.sentence()
-    if result.failure is not None:
-        out.wake.append(5.0)
+    if result.failure is None:
+        out.pending[job.name] = None
+        return
+    unplaced = len(indices) - len(result.assignments)
+    whole = job.spec.count
+    out.pending[job.name] = (f"{unplaced} of {whole} allocations not placed: " if whole > 1 else "") + \
+        result.failure.sentence()
+    out.wake.append(5.0)
 
 
 def _add(job: DesiredJob, assignment: Assignment, out: JobPass, replaces: str | None = None,
@@ -260,7 +322,7 @@ def _add(job: DesiredJob, assignment: Assignment, out: JobPass, replaces: str | 
     spec = job.spec
     alloc = Allocation(
         id=out.new_id(spec.name, assignment.index), job=spec.name, node=assignment.node, index=assignment.index,
-        job_version=spec.fingerprint, cpus=spec.resources.cpus, memory=spec.resources.memory,
+        job_version=out.version(spec), cpus=spec.resources.cpus, memory=spec.resources.memory,
         gpus=assignment.gpus, ports=frozen_mapping(assignment.ports), rank=assignment.rank,
         created_at=out.snap.wall if created_at is None else created_at)
     why = f"placed on {assignment.node}" + (f", replacing {replaces}" if replaces else "")
@@ -321,4 +383,4 @@ def _clock(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-__all__ = ["JobPass", "occupies", "place_job"]
+__all__ = ["JobPass", "allocation_version", "occupies", "place_job"]

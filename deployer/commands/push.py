@@ -93,24 +93,23 @@ def _actor() -> str:
 async def _converge(inventory: Any, store: Any, names: list[str], args: argparse.Namespace,
                     start_seq: int) -> dict[str, Any]:
     """Run the loop here (or wait for the running controller) until the jobs converge or time runs out."""
-    from deployer.controller import Controller, ControllerBusy, ControllerSettings
+    from deployer.controller import Controller, ControllerBusy, ControllerSettings, live_lease_holder
 
     deadline = time.monotonic() + args.timeout
     printer = _EventPrinter(store, start_seq, quiet=args.quiet or args.json)
     settings = ControllerSettings(lease_ttl=args.lease_ttl, probe_interval=args.probe_interval)
-    holder = store.lease_holder(time.time())
-    if holder is None:
-        try:
-            async with Controller(inventory, store, settings) as controller:
-                await controller.run(until=lambda: printer.poll() or _settled(store, names, deadline))
-                return {"mode": "ran the loop here", "passes": controller.passes}
-        except ControllerBusy:
-            pass  # one started meanwhile: wait for it
-    while not _settled(store, names, deadline):
+    while True:
+        if live_lease_holder(store) is None:  # nobody runs the loop: run it here, at least one full pass
+            try:
+                async with Controller(inventory, store, settings) as controller:
+                    await controller.run(until=lambda: printer.poll() or _settled(store, names, deadline))
+                    return {"mode": "ran the loop here", "passes": controller.passes}
+            except ControllerBusy:
+                pass  # one started meanwhile: wait for it
         printer.poll()
+        if _settled(store, names, deadline):
+            return {"mode": "handed to the running controller"}
         await asyncio.sleep(0.2)
-    printer.poll()
-    return {"mode": "handed to the running controller"}
 
 
 def _settled(store: Any, names: list[str], deadline: float) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,9 +41,17 @@ class Handler(BaseHTTPRequestHandler):
         print("%s %s" % (self.address_string(), format % args), flush=True)
 
 
+class Server(ThreadingHTTPServer):
+    def server_bind(self):
+        # HTTPServer.server_bind asks DNS for the host's FQDN, which hangs for seconds where DNS is
+        # unreachable (an isolated network); the name is only used in CGI variables.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 def main():
     port = int(os.environ.get("FLEX_PORT_HTTP", "8080"))
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = Server(("0.0.0.0", port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print("serving on port %d" % port, flush=True)
     server.serve_forever()
