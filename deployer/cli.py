@@ -24,15 +24,18 @@ VERBS: dict[str, tuple[str, str]] = {
     "inventory": ("inventory", "show the resolved inventory (--list: like ansible-inventory --list)"),
     "schema": ("schema", "print the JSON Schema of a job spec or an inventory, for editors"),
     "probe": ("probe", "probe hosts once: load, memory, disk, GPUs (NVML) and allocations"),
+    "plan": ("plan", "what `flex push` would change, changing nothing; exit 0 no change, 1 changes"),
     "push": ("push", "submit jobs and converge the fleet: place, start, heal; exit 0 when converged"),
     "hosts": ("hosts", "manage SSH host keys: `flex hosts trust HOST...` records a key when none is known"),
     "status": ("status", "jobs, allocations and nodes from the state database; exit 1 when a job is not running"),
     "events": ("events", "the event log, oldest first (-f follows it)"),
+    "logs": ("logs", "an allocation's stdout or stderr, also after it stopped (-f follows it to its end)"),
     "restart": ("restart", "restart a job's allocations, or one allocation (the controller applies it)"),
     "stop": ("stop", "stop a job (the controller applies it; `flex push` runs it again)"),
     "drain": ("drain", "move a node's allocations elsewhere and place nothing new there"),
     "cordon": ("cordon", "place nothing new on a node, or on one GPU of it (NODE/GPU)"),
     "uncordon": ("uncordon", "undo cordon or drain of a node, or a GPU's cordon"),
+    "controller": ("controller", "run the reconcile loop as a daemon until SIGTERM (one per state database)"),
 }
 
 

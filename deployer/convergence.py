@@ -55,12 +55,16 @@ def convergence(store: Any, jobs: list[str] | None = None) -> dict[str, JobConve
     """Every (or the named) job's standing, read from the store."""
     pending = store.job_statuses()
     allocs = store.allocations()
+    due = {alloc.job for alloc, _ in store.due_restarts()}
     out = {}
     for record in store.jobs():
         if jobs is not None and record.name not in jobs:
             continue
         mine = [a for a in allocs if a.job == record.name]
-        out[record.name] = job_convergence(record.name, record.spec, record.desired, mine, pending.get(record.name))
+        standing = job_convergence(record.name, record.spec, record.desired, mine, pending.get(record.name))
+        if record.name in due:
+            standing = JobConvergence(record.name, False, "restart requested, not applied yet")
+        out[record.name] = standing
     return out
 
 

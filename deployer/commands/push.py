@@ -102,7 +102,8 @@ async def _converge(inventory: Any, store: Any, names: list[str], args: argparse
         if live_lease_holder(store) is None:  # nobody runs the loop: run it here, at least one full pass
             try:
                 async with Controller(inventory, store, settings) as controller:
-                    await controller.run(until=lambda: printer.poll() or _settled(store, names, deadline))
+                    await controller.run(until=lambda: printer.poll() or time.monotonic() > deadline or (
+                        not controller.executor.busy and _settled(store, names, deadline)))
                     return {"mode": "ran the loop here", "passes": controller.passes}
             except ControllerBusy:
                 pass  # one started meanwhile: wait for it
