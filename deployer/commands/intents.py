@@ -26,6 +26,10 @@ def add_target_arguments(parser: argparse.ArgumentParser, metavar: str, help_tex
     """The target positional plus -i/--inventory, --state and --json."""
     parser.add_argument("target", metavar=metavar, help=help_text)
     add_inventory_arguments(parser, positional=False)
+    parser.add_argument("--wait", action="store_true",
+                        help="wait until it is applied: by the running controller, or by running the loop "
+                        "here when none runs")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits at most (default 120)")
 
 
 def submit(args: argparse.Namespace, kind: str) -> int:
@@ -46,7 +50,35 @@ def submit(args: argparse.Namespace, kind: str) -> int:
         emit_json(asdict(intent))
     else:
         emit(render_request(intent, what, lease))
-    return 0
+    return wait_applied(args, intent) if args.wait else 0
+
+
+def wait_applied(args: argparse.Namespace, intent: Intent) -> int:
+    """--wait: drive the loop until the intent is applied (and a job it targets settled); exit 0, or 1
+    when time ran out first."""
+    import asyncio
+
+    from deployer.commands.loop import EventPrinter, drive
+    from deployer.controller import ControllerSettings
+    from deployer.convergence import convergence
+    from deployer.inventory import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    with open_store(args) as store:
+        def goal(controller: object) -> bool:
+            if getattr(getattr(controller, "executor", None), "busy", None):
+                return False
+            done = next((i for i in store.intents() if i.id == intent.id), intent).applied_at is not None
+            job = convergence(store, [args.target]).get(args.target)
+            return done and (job is None or job.is_converged or job.is_final)
+
+        printer = EventPrinter(store, store.last_event_seq(), quiet=args.json)
+        mode = asyncio.run(drive(inventory, store, goal, timeout=args.timeout, settings=ControllerSettings(),
+                                 progress=printer))
+        ok = goal(None)
+    if not args.json:
+        emit(f"{intent.kind} {args.target}: {'applied' if ok else 'not applied in time'} ({mode})")
+    return 0 if ok else 1
 
 
 def write_intent(tx: Transaction, kind: str, target: str, who: str) -> Intent:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -93,46 +92,24 @@ def _actor() -> str:
 async def _converge(inventory: Any, store: Any, names: list[str], args: argparse.Namespace,
                     start_seq: int) -> dict[str, Any]:
     """Run the loop here (or wait for the running controller) until the jobs converge or time runs out."""
-    from deployer.controller import Controller, ControllerBusy, ControllerSettings, live_lease_holder
+    from deployer.commands.loop import EventPrinter, drive
+    from deployer.controller import ControllerSettings
 
-    deadline = time.monotonic() + args.timeout
-    printer = _EventPrinter(store, start_seq, quiet=args.quiet or args.json)
     settings = ControllerSettings(lease_ttl=args.lease_ttl, probe_interval=args.probe_interval)
-    while True:
-        if live_lease_holder(store) is None:  # nobody runs the loop: run it here, at least one full pass
-            try:
-                async with Controller(inventory, store, settings) as controller:
-                    await controller.run(until=lambda: printer.poll() or time.monotonic() > deadline or (
-                        not controller.executor.busy and _settled(store, names, deadline)))
-                    return {"mode": "ran the loop here", "passes": controller.passes}
-            except ControllerBusy:
-                pass  # one started meanwhile: wait for it
-        printer.poll()
-        if _settled(store, names, deadline):
-            return {"mode": "handed to the running controller"}
-        await asyncio.sleep(0.2)
+    printer = EventPrinter(store, start_seq, quiet=args.quiet or args.json)
+
+    def goal(controller: Any) -> bool:
+        return (controller is None or not controller.executor.busy) and _settled(store, names)
+
+    mode = await drive(inventory, store, goal, timeout=args.timeout, settings=settings, progress=printer)
+    printer()
+    return {"mode": mode}
 
 
-def _settled(store: Any, names: list[str], deadline: float) -> bool:
+def _settled(store: Any, names: list[str]) -> bool:
     from deployer.convergence import convergence
 
-    standing = convergence(store, names).values()
-    return all(s.is_converged or s.is_final for s in standing) or time.monotonic() > deadline
-
-
-class _EventPrinter:
-    """Prints the controller's events for the pushed jobs as they are recorded (progress per host and job)."""
-
-    def __init__(self, store: Any, after: int, quiet: bool) -> None:
-        self.store, self.after, self.quiet = store, after, quiet
-
-    def poll(self) -> bool:
-        for event in self.store.events(after_seq=self.after, limit=500):
-            self.after = event.seq
-            if not self.quiet and event.kind not in ("submitted",):
-                where = event.node or "-"
-                emit(f"  {where:<12} {(event.alloc or event.job or ''):<24} {event.kind:<10} {event.message}")
-        return False
+    return all(s.is_converged or s.is_final for s in convergence(store, names).values())
 
 
 def _report(store: Any, changes: dict[str, str], result: dict[str, Any], args: argparse.Namespace,
