@@ -47,7 +47,7 @@ from deployer.plan import (
     Item,
     Plan,
 )
-from deployer.reconcile_jobs import JobPass, place_job
+from deployer.reconcile_jobs import JobPass, occupies, place_job
 
 FINAL = ("complete", "failed", "lost", "stopped")  # observed states that need nothing more
 LEASE_MARGIN = 2.0  # seconds past the lease TTL before a replacement may start (F7: no overlap)
@@ -65,13 +65,16 @@ def reconcile(desired: Mapping[str, DesiredJob], snapshot: ClusterSnapshot, now:
             _decide(alloc, job, snapshot, now, out)
         if job is not None and job.desired == DESIRED_RUN:
             place_job(job, by_job.get(name, []), out)
+    out.place_all()  # after every job's stops, so what they free this pass is free for every job
     _orphans(snapshot, out)
     return out.plan()
 
 
 def _decide(alloc: Allocation, job: DesiredJob | None, snap: ClusterSnapshot, now: float, out: JobPass) -> None:
     """One allocation: stop it, leave it, restart it, mark it, or declare it lost."""
-    stopping = alloc.desired_status == DESIRED_STOP or job is None or job.desired != DESIRED_RUN
+    # a record that no longer holds its index (lost, stopped, a failed service) is never launched again:
+    # its index is placed anew, and a second launch would run beside that replacement
+    stopping = job is None or job.desired != DESIRED_RUN or not occupies(alloc, job.spec)
     if alloc.id in snap.busy:  # no mark either: the operation saves its own result over the record
         out.item(IGNORE, alloc, "an operation on it is in flight", requeue=0.5)
         return
@@ -93,17 +96,16 @@ def _decide_stopping(alloc: Allocation, job: DesiredJob | None, snap: ClusterSna
     """Allocations that must not run (stopped job, replaced copy, lost): stop what still runs."""
     obs = snap.node(alloc.node).allocations.get(alloc.id)
     wanted = alloc if alloc.desired_status == DESIRED_STOP else replace(alloc, desired_status=DESIRED_STOP)
+    why = "job stopped" if job is None or job.desired != DESIRED_RUN else "replaced copy still running"
     if obs is not None and obs.is_alive and snap.node(alloc.node).is_ready:
-        if alloc.id not in snap.busy:
-            why = "job stopped" if job is None or job.desired != DESIRED_RUN else "replaced copy still running"
-            if alloc.observed_status == "lost":
-                why = "lost copy came back after its replacement started: one copy stays"
-            out.item(STOP, wanted, why)
+        if alloc.observed_status == "lost":
+            why = "lost copy came back after its replacement started: one copy stays"
+        out.item(STOP, wanted, why)
         return
     if snap.node(alloc.node).is_ready and alloc.observed_status not in FINAL:
         out.mark(replace(wanted, observed_status="stopped"), "stopped")
-    elif wanted is not alloc and alloc.observed_status in FINAL:
-        out.mark(wanted, "job stopped")
+    elif wanted is not alloc:  # recorded now; an unreachable node's copy is stopped when it answers again
+        out.mark(wanted, why)
 
 
 def _decide_unreachable(alloc: Allocation, spec: JobSpec, node: NodeState, snap: ClusterSnapshot, now: float,
@@ -122,7 +124,9 @@ def _decide_unreachable(alloc: Allocation, spec: JobSpec, node: NodeState, snap:
                      requeue=grace - down)
         else:
             out.item(IGNORE, alloc, f"node {alloc.node} {node.status} for {down:.0f}s; policy wait keeps it there")
-        if alloc.observed_status != "unknown":  # whatever the policy: nobody knows whether it still runs
+        # whatever the policy: nobody knows whether it still runs; a launch never confirmed stays pending, so
+        # that the node is asked by allocation id (START) once it answers, not restarted as if it had run (F12)
+        if alloc.observed_status not in ("unknown", "pending"):
             out.mark(replace(alloc, observed_status="unknown"), f"node {alloc.node} {node.status}")
         return
     out.item(LOST, replace(alloc, desired_status=DESIRED_STOP, observed_status="lost"),
@@ -134,7 +138,7 @@ def _decide_on_ready_node(alloc: Allocation, job: DesiredJob, obs: AllocationObs
     """A reachable node: launch, adopt, restart, complete or fail the allocation."""
     target = job.restart_generation + alloc.generation
     launched = snap.launched.get(alloc.id, 0)
-    if obs is None or obs.status == "absent":
+    if obs is None or obs.status in ("absent", "pending"):  # pending there: files pushed, `start` never ran (F12)
         if alloc.observed_status == "pending":
             out.item(START, alloc, "placed; launch not confirmed yet", target=target)
         else:
@@ -143,7 +147,7 @@ def _decide_on_ready_node(alloc: Allocation, job: DesiredJob, obs: AllocationObs
     if obs.is_alive:
         _decide_alive(alloc, job, obs, snap, now, out, target, launched)
         return
-    if obs.status in ("starting", "running", "pending"):  # its supervisor is up: starting, or recording an exit
+    if obs.status in ("starting", "running"):  # its supervisor is up: starting, or recording an exit
         out.item(IGNORE, alloc, f"{obs.status} on its node (supervisor busy)", requeue=0.2)
         return
     _decide_exited(alloc, job, obs, snap, now, out, target, launched)

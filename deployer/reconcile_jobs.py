@@ -8,7 +8,7 @@ JobPass; `place_job` then looks at what still occupies each index of the job and
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -51,6 +51,7 @@ class JobPass:
         self._cluster: Cluster | None = None
         self._serial: dict[str, int] = {}
         self._launching: set[str] = set()  # alloc ids with a START or RESTART item
+        self._placements: list[Callable[[], None]] = []  # held back until every job's stops are in
         self._versions: dict[str, str] = {}
 
     # --- recording decisions -------------------------------------------------------------------
@@ -84,6 +85,16 @@ class JobPass:
         failed = replace(alloc, observed_status="failed",
                          desired_status=DESIRED_STOP if reschedule else alloc.desired_status)
         self.mark(failed, reason)
+
+    def place_later(self, placement: Callable[[], None]) -> None:
+        """Hold a job's placement back until `place_all`."""
+        self._placements.append(placement)
+
+    def place_all(self) -> None:
+        """Run the held-back placements, in job order: what any job's stops free this pass is free for all."""
+        for placement in self._placements:
+            placement()
+        self._placements.clear()
 
     def plan(self) -> Plan:
         """The finished Plan."""
@@ -137,7 +148,8 @@ def occupies(alloc: Allocation, spec: JobSpec) -> bool:
 
 
 def place_job(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
-    """Fill the job's missing indices, stop extra copies, migrate drained work, roll out updates."""
+    """Fill the job's missing indices, stop extra copies, migrate drained work, roll out updates (the
+    stops at once, the placements at `out.place_all()`)."""
     if job.spec.is_system:
         _system(job, allocs, out)
     elif job.spec.is_periodic:
@@ -156,6 +168,7 @@ def _counted(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
             by_index.setdefault(record.index, []).append(record)
     missing: list[int] = []
     replaces: dict[int, str] = {}
+    kept: list[Allocation] = []  # the one copy staying at each index, in index order
     for index in sorted(set(by_index) | set(range(spec.count))):
         copies = by_index.get(index, [])
         if index >= spec.count:
@@ -163,6 +176,7 @@ def _counted(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
                 _stop(out, extra, f"count is {spec.count}: index {index} is not wanted")
             continue
         staying = _dedupe([c for c in copies if c.id not in moving], out)
+        kept += staying[:1]
         if not staying:
             missing.append(index)
             predecessor = copies[0] if copies else _predecessor(index, allocs, out)
@@ -173,14 +187,12 @@ def _counted(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
     if spec.gang and missing and len(missing) < spec.count:
         missing, restarted = _restart_gang(spec, by_index, out)
         replaces.update(restarted)
-    missing += _rolling_update(job, [r for r in (by_index.get(i, [None])[0] for i in range(spec.count))
-                                     if r is not None and r.id not in moving and r.index not in missing], out,
-                               replaces)
+    missing += _rolling_update(job, [r for r in kept if r.index not in missing], out, replaces)
     wanted = sorted(set(missing))
     missing = _after_reschedule_delay(spec, allocs, wanted, out)
     if spec.gang and len(missing) < len(wanted):
         missing = []  # a gang starts whole: every member waits for the longest reschedule delay
-    _place(job, missing, replaces, out)
+    out.place_later(lambda: _place(job, missing, replaces, out))
 
 
 def _predecessor(index: int, allocs: list[Allocation], out: JobPass) -> Allocation | None:
@@ -191,11 +203,13 @@ def _predecessor(index: int, allocs: list[Allocation], out: JobPass) -> Allocati
 
 
 def _dedupe(copies: list[Allocation], out: JobPass) -> list[Allocation]:
-    """Two copies of one index (a healed partition): keep the one seen alive, newest first."""
+    """Two copies of one index (a healed partition): keep the one seen alive, newest first (a copy with an
+    operation in flight first of all: it cannot be stopped this pass, so no other copy stays beside it)."""
     if len(copies) <= 1:
         return copies
     alive = {a.id for a in out.alive}
-    ranked = sorted(copies, key=lambda a: (a.id not in alive, -a.created_at, a.id))
+    busy = out.snap.busy
+    ranked = sorted(copies, key=lambda a: (a.id not in busy, a.id not in alive, -a.created_at, a.id))
     for extra in ranked[1:]:
         _stop(out, extra, f"duplicate of {ranked[0].id} (index {extra.index}): one copy stays")
     return ranked[:1]
@@ -215,7 +229,7 @@ def _restart_gang(spec: JobSpec, by_index: dict[int, list[Allocation]],
                   out: JobPass) -> tuple[list[int], dict[int, str]]:
     """A gang lost a member: every member stops and the whole gang is placed again together (once no
     member has an operation in flight: until then a new gang would run beside it)."""
-    busy = [m for copies in by_index.values() for m in copies if m.id in out.snap.busy]
+    busy = [m for index, copies in by_index.items() for m in copies if m.id in out.snap.busy and index < spec.count]
     for member in busy:
         out.item(IGNORE, member, "a gang member was lost: the gang restarts after the operation in flight",
                  requeue=0.5)
@@ -223,10 +237,16 @@ def _restart_gang(spec: JobSpec, by_index: dict[int, list[Allocation]],
         return [], {}
     replaces = {}
     for index, copies in by_index.items():
+        if index >= spec.count:
+            continue  # stopped already: past the count
         for member in copies:
-            if member.observed_status != "complete":
+            if out.records[member.id].desired_status != DESIRED_RUN:
+                continue  # stopped already this pass (a duplicate)
+            if member.observed_status == "complete":  # its run counts only with the whole gang's
+                out.mark(replace(member, desired_status=DESIRED_STOP), "a gang member was lost: the gang runs again")
+            else:
                 _stop(out, member, "a gang member was lost: the gang restarts together")
-                replaces[index] = member.id
+            replaces[index] = member.id
     return list(range(spec.count)), replaces
 
 
@@ -239,7 +259,7 @@ def _rolling_update(job: DesiredJob, current: list[Allocation], out: JobPass, re
         return []
     alive = {a.id for a in out.alive}
     if spec.gang:
-        return _update_gang(current, alive, version, out, replaces)
+        return _update_gang(spec, current, version, out, replaces)
     unsettled = sum(1 for a in current if a.job_version == version and not _settled(a, spec, alive, out))
     budget = max(0, policy.max_parallel - unsettled)
     idle = [a for a in old if a.id not in alive and out.snap.node(a.node).is_ready and a.id not in out.snap.busy]
@@ -252,16 +272,20 @@ def _rolling_update(job: DesiredJob, current: list[Allocation], out: JobPass, re
     return [a.index for a in chosen]
 
 
-def _update_gang(current: list[Allocation], alive: set[str], version: str, out: JobPass,
-                 replaces: dict[int, str]) -> list[int]:
-    """A gang's members run one version: all are replaced together, once each is alive or idle on a
-    ready node (never beside a member that may still run)."""
-    members = [a for a in current if a.observed_status != "complete"]
-    if any(a.id in out.snap.busy or not out.snap.node(a.node).is_ready for a in members):
+def _update_gang(spec: JobSpec, members: list[Allocation], version: str, out: JobPass,
+                  replaces: dict[int, str]) -> list[int]:
+    """A gang's members run one version: all are replaced together, once the gang is whole and each member
+    is on a ready node with no operation in flight (never beside a member that may still run)."""
+    if len(members) < spec.count or any(a.id in out.snap.busy or not out.snap.node(a.node).is_ready
+                                        for a in members):
         out.wake.append(1.0)
         return []
+    why = f"rolling update to version {version[:8]}: the gang is replaced whole"
     for alloc in members:
-        _stop(out, alloc, f"rolling update to version {version[:8]}: the gang is replaced whole")
+        if alloc.observed_status == "complete":  # its run counts only with the whole gang's
+            out.mark(replace(alloc, desired_status=DESIRED_STOP), why)
+        else:
+            _stop(out, alloc, why)
         replaces[alloc.index] = alloc.id
     return [a.index for a in members]
 
@@ -295,6 +319,9 @@ def _after_reschedule_delay(spec: JobSpec, allocs: list[Allocation], missing: li
         if wait > 0:
             out.item(IGNORE, failed[-1], f"failed; replacement in {wait:.0f}s (reschedule delay {delay:g}s)",
                      requeue=wait)
+            # said where `flex status` shows why a job is not running (F3): its failed allocation is history
+            out.pending[spec.name] = (f"index {index} crash-looping: restart budget spent ({len(failed)} failed); "
+                                      f"replacement after the reschedule delay ({delay:g}s)")
         else:
             ready.append(index)
     return ready
@@ -341,9 +368,18 @@ def _stop(out: JobPass, alloc: Allocation, reason: str) -> None:
 def _system(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
     """One allocation on every eligible node; those on nodes that left the inventory stop."""
     moving = {a.id for a in out.migrating}
+    by_node: dict[str, list[Allocation]] = {}
     for alloc in allocs:
         if alloc.id in moving and occupies(out.records[alloc.id], job.spec):
             _stop(out, alloc, f"node {alloc.node} left the inventory or is draining")
+        elif out.records[alloc.id].holds_resources:  # as place_system counts it: a node runs it
+            by_node.setdefault(alloc.node, []).append(out.records[alloc.id])
+    for copies in by_node.values():
+        _dedupe(copies, out)  # one per node, whatever happened before
+    out.place_later(lambda: _place_system(job, out))
+
+
+def _place_system(job: DesiredJob, out: JobPass) -> None:
     result = place_system(job.spec, out.cluster())
     order = {name: i for i, name in enumerate(sorted(out.snap.hosts))}
     for assignment in result.assignments:
@@ -373,6 +409,10 @@ def _cron(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
     if schedule.concurrency == "replace":
         for alloc in live:
             _stop(out, alloc, f"replaced by the run at {_clock(fire)} (concurrency replace)")
+    out.place_later(lambda: _place_run(job, fire, out))
+
+
+def _place_run(job: DesiredJob, fire: float, out: JobPass) -> None:
     result = place(job.spec, job.spec.count, out.cluster())
     for assignment in result.assignments:
         _add(job, assignment, out, created_at=fire)
