@@ -44,6 +44,7 @@ from deployer.transport import Pool, TransportSettings, UntrustedHost
 log = logging.getLogger(__name__)
 
 HOST_FIELDS = ("name", "address", "port", "user", "key_file", "connection", "flex_root")
+NODE_SAVE_INTERVAL = 15.0  # seconds between saves of a node's last state when its status did not change
 KEPT_VARS = ("flex_known_hosts", "flex_proxy_jump", "ansible_ssh_common_args")
 
 
@@ -258,7 +259,7 @@ class Controller:
 
     def _snapshot(self, now: float, wall: float) -> ClusterSnapshot:
         allocations = tuple(self.store.allocations())
-        flags = self.store.nodes()
+        flags = self.store.nodes(with_state=False)
         cordoned = {r.name for r in flags if r.cordoned} | {f"{r.name}/{g}" for r in flags for g in r.cordoned_gpus}
         self._update_timers(allocations, now)
         return ClusterSnapshot(
@@ -286,7 +287,8 @@ class Controller:
     def _update_timers(self, allocations: tuple[Any, ...], now: float) -> None:
         """Exit and running times per run of each allocation, from what the nodes report."""
         for alloc in allocations:
-            obs = self.nodes.get(alloc.node, NodeState(alloc.node)).allocations.get(alloc.id)
+            node = self.nodes.get(alloc.node)
+            obs = None if node is None else node.allocations.get(alloc.id)
             if obs is None:
                 continue
             timers = self.timers.get(alloc.id) or AllocTimers()
@@ -328,7 +330,7 @@ class Controller:
 
     def _save_nodes(self, wall: float) -> None:
         changed = [(n, s) for n, s in self.nodes.items() if self._saved_nodes.get(n, ("", 0.0))[0] != s.status
-                   or wall - self._saved_nodes[n][1] > 5.0]
+                   or wall - self._saved_nodes[n][1] > NODE_SAVE_INTERVAL]
         if not changed:
             return
         with self.store.transaction() as tx:

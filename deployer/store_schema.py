@@ -302,9 +302,11 @@ class Reader:
             "ORDER BY a.job, a.idx, a.id", (DESIRED_RUN, DESIRED_RUN, DESIRED_RUN))
         return [(row_allocation(r), target_generation(r["job_generation"], r["generation"])) for r in rows]
 
-    def nodes(self) -> list[NodeRecord]:
-        """Every node the store knows, by name."""
-        return [row_node(r) for r in self._rows("SELECT * FROM nodes ORDER BY name")]
+    def nodes(self, with_state: bool = True) -> list[NodeRecord]:
+        """Every node the store knows, by name; with_state False leaves last_state out (cheap: flags)."""
+        columns = "*" if with_state else ("name, cordoned, cordoned_gpus, draining, NULL AS last_state, last_seen, "
+                                          "boot_id, host")
+        return [row_node(r) for r in self._rows(f"SELECT {columns} FROM nodes ORDER BY name")]
 
     def get_node(self, name: str) -> NodeRecord | None:
         """The node called name, or None."""

@@ -155,7 +155,7 @@ def allocations(root: str, health: bool = True) -> dict:
             continue
         spec = _spec(paths, view)
         view["job"], view["gpus"] = spec.get("job"), spec.get("gpus")
-        view["health"] = _stored_health(paths) if spec.get("health") else None
+        view["health"] = _stored_health(paths, view.get("started_at")) if spec.get("health") else None
         if health and spec.get("health") and view["alive"] and view["status"] == "running":
             checks.append((paths, spec))
         view["log_tail"] = _log_tail(paths, view)
@@ -173,11 +173,16 @@ def _spec(paths: AllocPaths, view: dict) -> dict:
         return {}
 
 
-def _stored_health(paths: AllocPaths):
+def _stored_health(paths: AllocPaths, started_at=None):
+    """The last stored health result of the current run (one from before it started is None)."""
     try:
-        return read_json(paths.health, None)
+        result = read_json(paths.health, None)
     except NodeError:
         return None
+    checked = result.get("checked_at") if isinstance(result, dict) else None
+    if isinstance(checked, (int, float)) and isinstance(started_at, (int, float)) and checked < started_at:
+        return None
+    return result
 
 
 def _log_tail(paths: AllocPaths, view: dict) -> list:

@@ -134,6 +134,8 @@ class Supervisor:
         self.pid = self.proc.pid
         stat = read_stat(self.pid)
         now = time.time()
+        with contextlib.suppress(OSError):  # the previous run's health result says nothing about this one
+            os.unlink(self.paths.health)
         for stream, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
             os.set_blocking(pipe.fileno(), False)
             self.pipes[pipe.fileno()] = (stream, pipe)
