@@ -37,6 +37,7 @@ from deployer.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
+ORPHAN_RETRY = 10.0  # seconds before an orphan still reported after its stop is stopped again
 MARK_EVENTS = {"running": "running", "starting": "starting", "exited": "exited", "complete": "complete",
                "failed": "failed", "stopped": "stopped", "unknown": "unknown", "lost": "lost"}
 
@@ -56,6 +57,7 @@ class Executor:
         # alloc id -> (the node's launch count after our launch, when): until the node reports that
         # run, the controller treats the allocation as busy, so a stale probe never causes a relaunch
         self.expected: dict[str, tuple[int, float]] = {}
+        self._orphans_stopped: dict[str, float] = {}  # orphan key -> when its stop was sent
 
     def persist(self, plan: Plan, snapshot: ClusterSnapshot, wall: float) -> None:
         """Commit every record and event the plan implies, before any node hears of it."""
@@ -102,9 +104,11 @@ class Executor:
                 continue
             op = self._operation(item, snapshot, specs)
             tasks.append(self._spawn(item.alloc.id, op, item, on_done))
-        for node, alloc_id, reason in plan.orphans:
-            if alloc_id not in self.busy:
-                tasks.append(self._spawn(alloc_id, self._stop_orphan(node, alloc_id, reason), None, None))
+        for node, alloc_id, reason, pgid in plan.orphans:
+            key = alloc_id if pgid is None else f"{alloc_id}/{pgid}"
+            if key not in self.busy and time.monotonic() - self._orphans_stopped.get(key, -1e9) > ORPHAN_RETRY:
+                self._orphans_stopped[key] = time.monotonic()
+                tasks.append(self._spawn(key, self._stop_orphan(node, alloc_id, reason, pgid), None, None))
         return tasks
 
     def _spawn(self, key: str, op: Awaitable[bool], item: Item | None,
@@ -190,12 +194,15 @@ class Executor:
                             node=alloc.node)
         return True
 
-    async def _stop_orphan(self, node: str, alloc_id: str, reason: str) -> bool:
+    async def _stop_orphan(self, node: str, alloc_id: str, reason: str, pgid: int | None) -> bool:
         client = self.client(node)
         if client is None:
             return False
         self.store.append_event("orphan", f"{alloc_id} {reason}: stopping it", alloc=alloc_id, node=node)
-        doc = await client.stop(alloc_id)
+        if pgid is None:
+            doc = await client.stop(alloc_id)
+        else:
+            doc = await client.verb("kill-orphan", alloc_id, str(pgid))
         return bool(doc.get("ok"))
 
     def _event(self, kind: str, message: str, item: Item | None) -> None:

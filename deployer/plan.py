@@ -87,7 +87,9 @@ class Plan:
     marks: tuple[tuple[Allocation, str], ...] = ()  # changed records (no node I/O) and the reason
     pending: Mapping[str, str | None] = field(default_factory=lambda: EMPTY)  # job -> why not placed
     fired: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # cron job -> fire time (wall)
-    orphans: tuple[tuple[str, str, str], ...] = ()  # (node, alloc id, reason) nobody owns, to stop
+    # (node, alloc id, reason, pgid) to stop: a live allocation no record owns (pgid None: stop it by id),
+    # or processes of an allocation outside its supervisor's care (kill that process group)
+    orphans: tuple[tuple[str, str, str, int | None], ...] = ()
     next_fire: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # cron job -> next fire (wall)
     wake: tuple[float, ...] = ()  # seconds until other planned re-checks (a cron fire, a reschedule)
 

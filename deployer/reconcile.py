@@ -138,6 +138,10 @@ def _decide_on_ready_node(alloc: Allocation, job: DesiredJob, obs: AllocationObs
     """A reachable node: launch, adopt, restart, complete or fail the allocation."""
     target = job.restart_generation + alloc.generation
     launched = snap.launched.get(alloc.id, 0)
+    if (obs is None or not obs.is_alive) and _has_stray_processes(snap.node(alloc.node), alloc.id):
+        out.item(IGNORE, alloc, "some of its processes live on outside its supervisor: stopping them first",
+                 requeue=0.5)
+        return
     if obs is None or obs.status in ("absent", "pending"):  # pending there: files pushed, `start` never ran (F12)
         if alloc.observed_status == "pending":
             out.item(START, alloc, "placed; launch not confirmed yet", target=target)
@@ -247,7 +251,17 @@ def _orphans(snap: ClusterSnapshot, out: JobPass) -> None:
             continue
         for alloc_id, obs in node.allocations.items():
             if alloc_id not in known and obs.is_alive:
-                out.orphans.append((node.name, alloc_id, "runs on the node but no allocation record owns it"))
+                out.orphans.append((node.name, alloc_id, "runs on the node but no allocation record owns it", None))
+        for group in node.orphans:
+            pgid = group.get("pgid")
+            if isinstance(pgid, int) and group.get("alloc_id"):
+                out.orphans.append((node.name, str(group["alloc_id"]), f"process group {pgid} "
+                                    f"({group.get('reason') or 'outside its supervisor'})", pgid))
+
+
+def _has_stray_processes(node: NodeState, alloc_id: str) -> bool:
+    """True when processes of the allocation run outside its supervisor (a previous run's leftovers)."""
+    return any(group.get("alloc_id") == alloc_id for group in node.orphans)
 
 
 __all__ = ["backoff", "reconcile"]

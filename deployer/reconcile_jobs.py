@@ -45,7 +45,7 @@ class JobPass:
         self.fired: dict[str, float] = {}
         self.next_fire: dict[str, float] = {}
         self.wake: list[float] = []
-        self.orphans: list[tuple[str, str, str]] = []
+        self.orphans: list[tuple[str, str, str, int | None]] = []
         self.alive: list[Allocation] = []  # observed alive on a ready node this pass
         self.migrating: list[Allocation] = []  # on a draining node or one gone from the inventory
         self._cluster: Cluster | None = None
@@ -240,13 +240,10 @@ def _restart_gang(spec: JobSpec, by_index: dict[int, list[Allocation]],
         if index >= spec.count:
             continue  # stopped already: past the count
         for member in copies:
-            if out.records[member.id].desired_status != DESIRED_RUN:
-                continue  # stopped already this pass (a duplicate)
-            if member.observed_status == "complete":  # its run counts only with the whole gang's
-                out.mark(replace(member, desired_status=DESIRED_STOP), "a gang member was lost: the gang runs again")
-            else:
+            if out.records[member.id].desired_status == DESIRED_RUN:  # not stopped already (a duplicate)
+                # a complete member too: its run counts only with the whole gang's
                 _stop(out, member, "a gang member was lost: the gang restarts together")
-            replaces[index] = member.id
+                replaces[index] = member.id
     return list(range(spec.count)), replaces
 
 
@@ -280,12 +277,8 @@ def _update_gang(spec: JobSpec, members: list[Allocation], version: str, out: Jo
                                         for a in members):
         out.wake.append(1.0)
         return []
-    why = f"rolling update to version {version[:8]}: the gang is replaced whole"
-    for alloc in members:
-        if alloc.observed_status == "complete":  # its run counts only with the whole gang's
-            out.mark(replace(alloc, desired_status=DESIRED_STOP), why)
-        else:
-            _stop(out, alloc, why)
+    for alloc in members:  # a complete member too: its run counts only with the whole gang's
+        _stop(out, alloc, f"rolling update to version {version[:8]}: the gang is replaced whole")
         replaces[alloc.index] = alloc.id
     return [a.index for a in members]
 

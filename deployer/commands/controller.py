@@ -104,6 +104,6 @@ def pass_line(number: int, plan: Plan) -> str:
     head = ", ".join(counts + ([f"{len(plan.marks)} observed"] if plan.marks else [])) or "no changes"
     details = [f"{i.action} {i.alloc.id}: {i.reason}" for i in plan.items if i.action != IGNORE]
     details += [f"{alloc.id} {alloc.observed_status}: {reason}" for alloc, reason in plan.marks]
-    details += [f"orphan {alloc_id} on {node}: {reason}" for node, alloc_id, reason in plan.orphans]
+    details += [f"orphan {alloc_id} on {node}: {reason}" for node, alloc_id, reason, _ in plan.orphans]
     more = f"; {len(details) - DETAILS} more" if len(details) > DETAILS else ""
     return f"pass {number}: {head} ({'; '.join(details[:DETAILS])}{more})" if details else f"pass {number}: {head}"

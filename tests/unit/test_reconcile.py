@@ -127,7 +127,7 @@ def digest(plan: Plan) -> list[str]:
         else:
             lines.append(f"{item.action} {item.alloc.id}")
     lines += [f"mark {a.id} {a.observed_status}/{a.desired_status}" for a, _ in plan.marks]
-    lines += [f"orphan {n} {a}" for n, a, _ in plan.orphans]
+    lines += [f"orphan {n} {a}" for n, a, *_ in plan.orphans]
     return sorted(lines)
 
 
