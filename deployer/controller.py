@@ -89,6 +89,7 @@ class Controller:
         self._observers: dict[str, asyncio.Task[None]] = {}
         self._specs: dict[tuple[str, str], JobSpec] = {}
         self._bad_specs: set[tuple[str, str]] = set()
+        self._reverted: set[tuple[str, str]] = set()  # (job, version) rolled back already
         self._runs: dict[str, int] = {}  # alloc id -> the node's launch count the timers belong to
         self._saved_nodes: dict[str, tuple[str, float]] = {}
         self._last_renew = 0.0
@@ -216,6 +217,8 @@ class Controller:
         self._check_stale(now)
         intents = self.store.pending_intents()
         desired = self._desired()
+        if self._auto_revert(desired, wall):
+            desired = self._desired()
         snapshot = self._snapshot(now, wall)
         plan = reconcile(desired, snapshot, now)
         self.executor.persist(plan, snapshot, wall)
@@ -240,6 +243,35 @@ class Controller:
                 out[record.name] = DesiredJob(spec, record.desired, record.restart_generation, record.submitted_at,
                                               cron.get(record.name, (None, None))[0])
         return out
+
+    def _auto_revert(self, desired: Mapping[str, DesiredJob], wall: float) -> bool:
+        """Roll back a job whose new version fails (restart budget spent, or not healthy within
+        update.healthy_deadline) to the version before it, when update.auto_revert asks; once per version."""
+        reverted = False
+        for name, job in desired.items():
+            policy, version = job.spec.update, job.spec.fingerprint
+            if not policy.auto_revert or job.desired != "run" or (name, version) in self._reverted:
+                continue
+            mine = [a for a in self.store.allocations(job=name) if a.job_version == version]
+            failing = [a for a in mine if a.observed_status == "failed" or (
+                a.desired_status == "run" and a.observed_status != "running"
+                and wall - a.created_at > policy.healthy_deadline)]
+            older = [v for v, _ in self.store.job_versions(name) if v != version]
+            if not failing or not older:
+                continue
+            self._reverted.add((name, version))
+            reverted |= self._revert(name, version, older[-1], f"{failing[0].id} {failing[0].observed_status}")
+        return reverted
+
+    def _revert(self, name: str, bad: str, good: str, why: str) -> bool:
+        text = self.store.job_version_text(name, good)
+        spec = None if text is None else self._spec(name, good, text[0], text[1])
+        if spec is None or text is None:
+            return False
+        with self.store.transaction() as tx:
+            tx.put_job(spec, text[0], text[1])
+            tx.append_event("auto_revert", f"version {bad[:8]} fails ({why}): reverted to {good[:8]}", job=name)
+        return True
 
     def _spec(self, name: str, version: str, raw_yaml: str, source: str) -> JobSpec | None:
         """The JobSpec of a stored job version, parsed once; a spec that no longer parses is reported once."""

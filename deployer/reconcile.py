@@ -50,6 +50,7 @@ from deployer.plan import (
 from deployer.reconcile_jobs import JobPass, occupies, place_job
 
 FINAL = ("complete", "failed", "lost", "stopped")  # observed states that need nothing more
+SETTLE = 1.0  # seconds a run must be up before it counts as running (a crash at start is no success)
 LEASE_MARGIN = 2.0  # seconds past the lease TTL before a replacement may start (F7: no overlap)
 
 
@@ -171,7 +172,12 @@ def _decide_alive(alloc: Allocation, job: DesiredJob, obs: AllocationObservation
                      f"({obs.health.detail or 'no detail'})", target)
         return
     healthy = health is None or (obs.health is not None and obs.health.ok)
-    observed = "running" if obs.status == "running" and healthy else "starting"
+    settle = min(job.spec.update.min_healthy_time, SETTLE)
+    settled = alloc.observed_status == "running" or (  # adopted as running: no demotion on a controller restart
+        timers.running_since is not None and now - timers.running_since >= settle)
+    observed = "running" if obs.status == "running" and healthy and settled else "starting"
+    if observed == "starting" and obs.status == "running" and healthy:
+        out.item(IGNORE, alloc, f"up for less than {settle:g}s", requeue=settle)
     if alloc.observed_status != observed:
         out.mark(replace(alloc, observed_status=observed, exit_code=None), f"{observed} (pid {obs.pid})")
     out.alive.append(alloc)

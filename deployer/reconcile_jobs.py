@@ -298,7 +298,8 @@ def _after_reschedule_delay(spec: JobSpec, allocs: list[Allocation], missing: li
     """Indices whose failed predecessors' reschedule delay has passed (doubling per failure)."""
     ready = []
     for index in missing:
-        failed = [a for a in allocs if a.index == index and out.records[a.id].observed_status == "failed"]
+        failed = [a for a in allocs if a.index == index and out.records[a.id].observed_status == "failed"
+                  and a.job_version == spec.fingerprint]  # a new (or reverted) version starts afresh
         if not failed:
             ready.append(index)
             continue

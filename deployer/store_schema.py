@@ -324,6 +324,12 @@ class Reader:
                           (name,))
         return [(r["version"], r["submitted_at"]) for r in rows]
 
+    def job_version_text(self, name: str, version: str) -> tuple[str, str] | None:
+        """(raw_yaml, source) of a version of a job submitted before, or None."""
+        rows = self._rows("SELECT raw_yaml, source FROM job_versions WHERE job = ? AND version = ? "
+                          "ORDER BY submitted_at DESC LIMIT 1", (name, version))
+        return (rows[0]["raw_yaml"], rows[0]["source"]) if rows else None
+
     def pending_intents(self) -> list[Intent]:
         """Intents not yet applied, oldest first."""
         return [row_intent(r) for r in self._rows("SELECT * FROM intents WHERE applied_at IS NULL ORDER BY id")]

@@ -114,9 +114,12 @@ def _settled(store: Any, names: list[str]) -> bool:
 
 def _report(store: Any, changes: dict[str, str], result: dict[str, Any], args: argparse.Namespace,
             start_seq: int) -> int:
-    from deployer.convergence import convergence
+    from deployer.convergence import JobConvergence, convergence
 
     standing = convergence(store, list(changes))
+    for event in store.events(after_seq=start_seq, limit=10000):
+        if event.kind == "auto_revert" and event.job in standing:
+            standing[event.job] = JobConvergence(event.job, False, f"auto-reverted: {event.message}", True)
     restarted = [e for e in store.events(after_seq=start_seq, limit=10000)
                  if e.kind in ("placed", "restarting", "stopping", "lost")]
     ok = all(s.is_converged for s in standing.values())
