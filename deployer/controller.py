@@ -38,6 +38,7 @@ from deployer.models import (
 from deployer.nodeclient import NodeClient
 from deployer.plan import RESTART, AllocTimers, ClusterSnapshot, DesiredJob, Item, Plan
 from deployer.reconcile import reconcile
+from deployer.reconcile_jobs import allocation_version
 from deployer.store import Store
 from deployer.transport import Pool, TransportSettings, UntrustedHost
 
@@ -249,18 +250,19 @@ class Controller:
         update.healthy_deadline) to the version before it, when update.auto_revert asks; once per version."""
         reverted = False
         for name, job in desired.items():
-            policy, version = job.spec.update, job.spec.fingerprint
+            policy, version = job.spec.update, allocation_version(job.spec)
             if not policy.auto_revert or job.desired != "run" or (name, version) in self._reverted:
                 continue
             mine = [a for a in self.store.allocations(job=name) if a.job_version == version]
             failing = [a for a in mine if a.observed_status == "failed" or (
                 a.desired_status == "run" and a.observed_status != "running"
                 and wall - a.created_at > policy.healthy_deadline)]
-            older = [v for v, _ in self.store.job_versions(name) if v != version]
+            older = [v for v, _ in self.store.job_versions(name) if v != job.spec.fingerprint]
             if not failing or not older:
                 continue
             self._reverted.add((name, version))
-            reverted |= self._revert(name, version, older[-1], f"{failing[0].id} {failing[0].observed_status}")
+            reverted |= self._revert(name, job.spec.fingerprint, older[-1],
+                                     f"{failing[0].id} {failing[0].observed_status}")
         return reverted
 
     def _revert(self, name: str, bad: str, good: str, why: str) -> bool:

@@ -299,7 +299,7 @@ def _after_reschedule_delay(spec: JobSpec, allocs: list[Allocation], missing: li
     ready = []
     for index in missing:
         failed = [a for a in allocs if a.index == index and out.records[a.id].observed_status == "failed"
-                  and a.job_version == spec.fingerprint]  # a new (or reverted) version starts afresh
+                  and a.job_version == out.version(spec)]  # a new (or reverted) version starts afresh
         if not failed:
             ready.append(index)
             continue
