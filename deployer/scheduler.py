@@ -154,7 +154,6 @@ class _Ranker:
     def __init__(self, job: JobSpec, need: Need, cluster: Cluster) -> None:
         self.need = need
         self.spread = job.placement.spread
-        self.is_plain_gpu = need.gpu_model is None and need.gpu_memory is None
         self.load: dict[str, int] = {}
         if self.spread:
             for view in cluster.views:
@@ -177,9 +176,7 @@ class _Ranker:
     def view_key(self, view: NodeView) -> tuple[object, ...]:
         """The same key as `key`, from a node nothing was placed on yet."""
         if self.need.gpus:
-            fitting = len(view.gpus_free) if self.is_plain_gpu else sum(
-                self.need.gpu_fits(i, view) for i in view.gpus_free)
-            return (view.gpus_held == 0, fitting, view.name)
+            return (view.gpus_held == 0, len(self.need.fitting_gpus(view)), view.name)
         return (view.jobs.get(self.need.job, 0), bool(view.gpus_free), view.cpus_free, view.name)
 
 
@@ -234,13 +231,18 @@ def _assign(job: JobSpec, need: Need, count: int, cluster: Cluster, port_range: 
         pools.setdefault(ranker.domain(view), []).append((ranker.view_key(view), view.name, view))
     for pool in pools.values():
         heapq.heapify(pool)
+    # domains by (load, key of their best node), ties to the first seen; only the domain picked from
+    # changes, so it alone is re-queued: O(log domains) per pick instead of a scan of every domain
+    domains = [(ranker.load.get(dom, 0), pool[0][0], seen, dom) for seen, (dom, pool) in enumerate(pools.items())]
+    heapq.heapify(domains)
     frees: dict[str, Free] = {}
+    machines: dict[str, set[int]] = {}
     picks: list[Pick] = []
-    while pools and len(picks) < count:
-        dom = min(pools, key=lambda d: (ranker.load.get(d, 0), pools[d][0][0])) if len(pools) > 1 else next(iter(pools))
+    while domains and len(picks) < count:
+        seen, dom = domains[0][2:]
         pool = pools[dom]
         _, name, view = heapq.heappop(pool)
-        free = frees.get(name) or frees.setdefault(name, Free(view, need, port_range[0]))
+        free = frees.get(name) or frees.setdefault(name, Free(view, need, port_range[0], machines))
         pick = _try(need, free, port_range, tally)
         if pick is not None:
             picks.append(pick)
@@ -248,8 +250,10 @@ def _assign(job: JobSpec, need: Need, count: int, cluster: Cluster, port_range: 
                 ranker.load[dom] = ranker.load.get(dom, 0) + 1
             if not need.is_distinct:
                 heapq.heappush(pool, (ranker.key(free), name, view))
-        if not pool:
-            del pools[dom]
+        if pool:
+            heapq.heapreplace(domains, (ranker.load.get(dom, 0), pool[0][0], seen, dom))
+        else:
+            heapq.heappop(domains)
     return picks
 
 
@@ -309,8 +313,9 @@ def place_system(job: JobSpec, cluster: Cluster, *, port_range: tuple[int, int] 
     candidates = _candidates(job, need, cluster, tally)
     assignments = []
     running = 0
+    machines: dict[str, set[int]] = {}
     for view in candidates:
-        free = Free(view, need, port_range[0])
+        free = Free(view, need, port_range[0], machines)
         if free.jobs_here:
             running += 1
             continue

@@ -11,9 +11,10 @@ with too few GPUs at all is "short of GPUs". Every reason is phrased to follow "
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from deployer.models import (
     EMPTY,
@@ -23,6 +24,7 @@ from deployer.models import (
     NODE_UNTRUSTED,
     Allocation,
     Constraint,
+    GpuState,
     Host,
     JobSpec,
     NodeState,
@@ -69,8 +71,11 @@ class Cluster:
             if alloc.holds_resources:
                 held.setdefault(alloc.node, []).append(alloc)
         names = sorted(set(hosts) | set(nodes))
-        return cls(tuple(_view(name, hosts.get(name), nodes.get(name) or NodeState(name),
-                               held.get(name, []), cordoned, draining) for name in names))
+        # "node/index" entries match f"{name}/{index}" only for name == the part before the last "/"
+        gpu_cordons = {entry.rsplit("/", 1)[0] for entry in cordoned if "/" in entry}
+        views = [_view(name, hosts.get(name), nodes.get(name) or NodeState(name), held.get(name, ()),
+                       cordoned, draining, name in gpu_cordons) for name in names]
+        return cls(tuple(_share_ports(views)))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -78,20 +83,51 @@ class Cluster:
         return tuple(v.name for v in self.views)
 
 
-def _view(name: str, host: Host | None, state: NodeState, allocs: list[Allocation],
-          cordoned: frozenset[str], draining: frozenset[str]) -> NodeView:
-    held_gpus = {g for a in allocs for g in a.gpus}
+def machine(host: Host | None) -> str | None:
+    """What a host's ports belong to: hosts with one address (or every local host) are one machine."""
+    if host is None:
+        return None
+    return "local" if host.is_local else host.address
+
+
+def _share_ports(views: list[NodeView]) -> list[NodeView]:
+    """Inventory names that reach the same machine share its port space (inventory/local.yaml's two
+    nodes are one machine: a port taken on one is taken on the other)."""
+    by_machine: dict[str, list[int]] = {}
+    for i, view in enumerate(views):
+        key = machine(view.host)
+        if key is not None:
+            by_machine.setdefault(key, []).append(i)
+    for members in by_machine.values():
+        if len(members) > 1:
+            used = frozenset().union(*(views[i].ports_used for i in members))
+            for i in members:
+                views[i] = replace(views[i], ports_used=used)
+    return views
+
+
+def _view(name: str, host: Host | None, state: NodeState, allocs: Sequence[Allocation],
+          cordoned: frozenset[str], draining: frozenset[str], has_gpu_cordons: bool) -> NodeView:
+    # one pass over the node's allocations; Cluster.build runs once per pass over every node
+    held_gpus: set[int] = set()
     jobs: dict[str, int] = {}
+    ports: list[int] = []
     for a in allocs:
+        if a.gpus:
+            held_gpus.update(a.gpus)
         jobs[a.job] = jobs.get(a.job, 0) + 1
-    free_gpus = tuple(sorted(g.index for g in state.gpus if g.is_healthy and g.index not in held_gpus
-                             and f"{name}/{g.index}" not in cordoned))
+        if a.ports:
+            ports.extend(a.ports.values())
+    free_gpus: list[int] = []
+    if state.gpus_known:
+        free_gpus = [g.index for g in state.gpus if g.is_healthy and g.index not in held_gpus
+                     and not (has_gpu_cordons and f"{name}/{g.index}" in cordoned)]
+        free_gpus.sort()
     return NodeView(
         name=name, host=host, state=state, is_cordoned=name in cordoned, is_draining=name in draining,
-        cpus_free=(state.cpus or 0) - sum(a.cpus for a in allocs),
-        memory_free=(state.memory_total or 0) - sum(a.memory for a in allocs),
-        gpus_free=free_gpus if state.gpus_known else (), gpus_held=len(held_gpus),
-        ports_used=frozenset(p for a in allocs for p in a.ports.values()), jobs=jobs)
+        cpus_free=(state.cpus or 0) - sum([a.cpus for a in allocs]),
+        memory_free=(state.memory_total or 0) - sum([a.memory for a in allocs]),
+        gpus_free=tuple(free_gpus), gpus_held=len(held_gpus), ports_used=frozenset(ports), jobs=jobs)
 
 
 # --- what one job needs ------------------------------------------------------------------------------
@@ -134,13 +170,41 @@ class Need:
         gpu = next((g for g in view.state.gpus if g.index == index), None)
         return gpu is not None and _model_ok(self, gpu.name) and _memory_ok(self, gpu.memory_total)
 
+    def fitting_gpus(self, view: NodeView) -> list[int]:
+        """The node's free GPU indices that fit (`gpu_fits`) the job, ascending."""
+        if self.gpu_model is None and self.gpu_memory is None:
+            return list(view.gpus_free)
+        first = {g.index: g for g in reversed(view.state.gpus)}  # the first GPU with an index, as gpu_fits
+        return [g.index for g in _fitting(self, [first[i] for i in view.gpus_free if i in first])]
+
+
+@lru_cache(maxsize=4096)
+def _matches(name: str, pattern: str) -> bool:
+    # a fleet has few GPU names and jobs few globs, while checks ask once per GPU, node and job
+    return fnmatchcase(name, pattern)
+
 
 def _model_ok(need: Need, name: str | None) -> bool:
-    return need.gpu_model is None or (name is not None and fnmatchcase(name, need.gpu_model))
+    return need.gpu_model is None or (name is not None and _matches(name, need.gpu_model))
 
 
 def _memory_ok(need: Need, total: int | None) -> bool:
     return need.gpu_memory is None or (total is not None and total >= need.gpu_memory)
+
+
+# The node checks run once per node and job, so these filter a node's GPUs in one comprehension each.
+def _matching(need: Need, gpus: Iterable[GpuState]) -> list[GpuState]:
+    """The GPUs whose name matches the job's model glob (all of them when it names none), in order."""
+    pattern = need.gpu_model
+    if pattern is None:
+        return list(gpus)
+    return [g for g in gpus if g.name is not None and _matches(g.name, pattern)]
+
+
+def _fitting(need: Need, gpus: Iterable[GpuState]) -> list[GpuState]:
+    """The GPUs of the model and memory the job asks for, in order."""
+    matching = _matching(need, gpus)
+    return matching if need.gpu_memory is None else [g for g in matching if _memory_ok(need, g.memory_total)]
 
 
 # --- node checks: facts that do not change while a job is placed ----------------------------------
@@ -196,7 +260,7 @@ def check_gpus_known(need: Need, view: NodeView) -> str | None:
 def check_gpu_model(need: Need, view: NodeView) -> str | None:
     """Enough GPUs match the model glob, when the node has enough GPUs at all."""
     gpus = view.state.gpus
-    if need.gpus and need.gpu_model and len(gpus) >= need.gpus > sum(_model_ok(need, g.name) for g in gpus):
+    if need.gpus and need.gpu_model and len(gpus) >= need.gpus > len(_matching(need, gpus)):
         return f"fewer than {need.gpus} GPUs matching {need.gpu_model}"
     return None
 
@@ -205,7 +269,7 @@ def check_gpu_memory(need: Need, view: NodeView) -> str | None:
     """Enough GPUs of the model have the memory the job asks for."""
     if not need.gpus or need.gpu_memory is None:
         return None
-    matching = [g for g in view.state.gpus if _model_ok(need, g.name)]
+    matching = _matching(need, view.state.gpus)
     if len(matching) >= need.gpus > sum(_memory_ok(need, g.memory_total) for g in matching):
         return f"fewer than {need.gpus} GPUs with {format_size(need.gpu_memory)} memory"
     return None
@@ -215,8 +279,8 @@ def check_gpu_health(need: Need, view: NodeView) -> str | None:
     """Enough fitting GPUs are healthy (an unhealthy GPU is never assigned)."""
     if not need.gpus:
         return None
-    fitting = [g for g in view.state.gpus if _model_ok(need, g.name) and _memory_ok(need, g.memory_total)]
-    if len(fitting) >= need.gpus > sum(g.is_healthy for g in fitting):
+    fitting = _fitting(need, view.state.gpus)
+    if len(fitting) >= need.gpus > sum([g.is_healthy for g in fitting]):
         return f"fewer than {need.gpus} healthy GPUs"
     return None
 
@@ -232,9 +296,14 @@ def node_checks(job: JobSpec) -> tuple[tuple[str, NodeCheck], ...]:
         checks.append(("datacenter", lambda n, v: check_datacenter(n, v, dcs)))
     if constraints:
         checks.append(("constraints", lambda n, v: check_constraints(n, v, constraints)))
-    if job.resources.gpus:
-        checks += [("gpus_known", check_gpus_known), ("gpu_model", check_gpu_model),
-                   ("gpu_memory", check_gpu_memory), ("gpu_health", check_gpu_health)]
+    res = job.resources
+    if res.gpus:
+        checks.append(("gpus_known", check_gpus_known))
+        if res.gpu_model:
+            checks.append(("gpu_model", check_gpu_model))
+        if res.gpu_memory is not None:
+            checks.append(("gpu_memory", check_gpu_memory))
+        checks.append(("gpu_health", check_gpu_health))
     return tuple(checks)
 
 
@@ -246,15 +315,18 @@ class Free:
 
     __slots__ = ("cpus", "cursor", "gpus", "has_other_gpus", "jobs_here", "memory", "name", "ports", "touched")
 
-    def __init__(self, view: NodeView, need: Need, port_start: int) -> None:
+    def __init__(self, view: NodeView, need: Need, port_start: int,
+                 machines: dict[str, set[int]] | None = None) -> None:
         self.name = view.name
         self.cpus = view.cpus_free
         self.memory = view.memory_free
-        plain = need.gpu_model is None and need.gpu_memory is None
-        self.gpus = [i for i in view.gpus_free if plain or need.gpu_fits(i, view)]
+        self.gpus = need.fitting_gpus(view)
         self.has_other_gpus = bool(view.gpus_free)
         self.touched = view.gpus_held > 0
         self.ports = set(view.ports_used)
+        key = machine(view.host)
+        if machines is not None and key is not None:  # one port space per machine, within one placement
+            self.ports = machines.setdefault(key, self.ports)
         self.cursor = port_start
         self.jobs_here = view.jobs.get(need.job, 0)
 

@@ -45,7 +45,7 @@ def node(name: str, *, status: str = NODE_READY, cpus: int = 8, memory: int = 32
 
 
 def host(name: str, **kw: Any) -> Host:
-    return Host(name, address=f"10.0.0.{int(name[-1]) if name[-1].isdigit() else 99}", **kw)
+    return Host(name, address=f"10.0.0.{int(name[-1]) if name[-1].isdigit() else 100 + ord(name[-1]) % 150}", **kw)
 
 
 def cluster(*states: NodeState, hosts: dict[str, Host] | None = None, allocs: tuple[Allocation, ...] = (),
@@ -225,6 +225,15 @@ def test_a_static_port_fits_once_per_node() -> None:
     result = place(job(ports=(Port("http", 8080),)), 2, cluster(node("a"), node("b")))
     assert sorted(a.node for a in result.assignments) == ["a", "b"]
     assert all(a.ports == {"http": 8080} for a in result.assignments)
+
+
+def test_hosts_on_one_machine_share_its_ports() -> None:
+    local = cluster(node("a"), node("b"), hosts={n: host(n, connection="local") for n in "ab"})
+    result = place(job(ports=(Port("http"),)), 2, local)
+    assert sorted(a.node for a in result.assignments) == ["a", "b"]
+    assert len({a.ports["http"] for a in result.assignments}) == 2, "two local nodes are one machine"
+    static = place(job(ports=(Port("http", 8080),)), 2, local)
+    assert len(static.assignments) == 1 and static.failure is not None
 
 
 # --- gangs ------------------------------------------------------------------------------------------
