@@ -37,6 +37,8 @@ from deployer.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
+# waits that last a moment on every launch: not worth an event
+TRANSIENT = ("in flight", "supervisor busy", "up for less than", "first probe", "has not reported")
 ORPHAN_RETRY = 10.0  # seconds before an orphan still reported after its stop is stopped again
 MARK_EVENTS = {"running": "running", "starting": "starting", "exited": "exited", "complete": "complete",
                "failed": "failed", "stopped": "stopped", "unknown": "unknown", "lost": "lost"}
@@ -90,7 +92,7 @@ class Executor:
     def _maybe_wait_event(self, tx: Transaction, item: Item, wall: float) -> None:
         """A wait (backoff, grace) is an event once per kind of wait, not once per pass."""
         shape = re.sub(r"[\d.]+", "#", item.reason)
-        if self._waits.get(item.alloc.id) == shape or "in flight" in item.reason:
+        if self._waits.get(item.alloc.id) == shape or any(words in item.reason for words in TRANSIENT):
             return
         self._waits[item.alloc.id] = shape
         tx.append_event("waiting", item.reason, job=item.job, alloc=item.alloc.id, node=item.alloc.node, time=wall)

@@ -187,7 +187,7 @@ def _decide_exited(alloc: Allocation, job: DesiredJob, obs: AllocationObservatio
                    now: float, out: JobPass, target: int, launched: int) -> None:
     how = _how_it_ended(obs)
     if job.spec.is_batch and obs.exit_code == 0 and obs.status == "exited":
-        out.mark(replace(alloc, observed_status="complete", exit_code=0), "complete: exit 0")
+        out.mark(replace(alloc, observed_status="complete", exit_code=0), "exit 0")
         return
     if launched < target:
         out.restart(alloc, f"restart requested (generation {target})", target, counts=False)

@@ -204,7 +204,7 @@ ROWS = [
     # F2: batch
     Row("a batch run that exits 0 is complete",
         run(ETL), snap(ready(2, exited("etl-0@n0", 0)), rec("etl-0@n0", "n0", job=ETL)),
-        ("mark etl-0@n0 complete/run",), ("complete: exit 0",)),
+        ("mark etl-0@n0 complete/run",), ("exit 0",)),
     Row("a complete batch run is never restarted nor placed again",
         run(ETL), snap(ready(2, exited("etl-0@n0", 0)), rec("etl-0@n0", "n0", job=ETL, observed="complete")),
         ()),
