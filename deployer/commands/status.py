@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from deployer.commands import add_inventory_arguments, emit, emit_json, open_store, state_path
@@ -44,6 +44,7 @@ class JobSummary:
     health: str
     is_ok: bool
     pending: str | None = None
+    next_run: str | None = None  # cron jobs: when the schedule fires next (local time)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         jobs, allocs, nodes = store.jobs(), store.allocations(), store.nodes()
         pending = store.job_statuses()
+        cron = store.cron_times()
         reasons = latest_messages(store.events(after_seq=max(0, store.last_event_seq() - REASON_WINDOW),
                                                limit=REASON_WINDOW))
         lease = store.lease_holder(time.time())
     path = state_path(args.inventory, args.state)
     summaries = [summarize(job, [a for a in allocs if a.job == job.name], pending.get(job.name)) for job in jobs]
+    summaries = [replace(s, next_run=local_time(nxt)) if (nxt := cron.get(s.name, (None, None))[1]) else s
+                 for s in summaries]
     if args.json:
         emit_json(status_json(path, lease, summaries, allocs, reasons, nodes))
     else:
@@ -131,6 +135,8 @@ def render_jobs(summaries: Sequence[JobSummary]) -> list[str]:
                      f"{s.restarts:>8}  {s.health}")
         if s.pending:
             lines.append(f"  pending: {s.pending}")
+        if s.next_run:
+            lines.append(f"  next run: {s.next_run}")
     return lines
 
 
