@@ -58,7 +58,7 @@ class ControllerSettings:
     min_pass_interval: float = 0.05  # changes arriving together are handled by one pass
     lease_ttl: float = 0.0  # workloads fence themselves after this long without renewal (0: off)
     controller_lease_ttl: float = 15.0  # the state database's controller lease
-    stale_after: float = 6.0  # a node whose stream is silent this long is unreachable
+    stale_after: float = 4.0  # a node whose stream is silent this long is unreachable (4 missed probes)
     install_timeout: float = 60.0
     concurrency: int = 64
 
