@@ -190,7 +190,8 @@ class Executor:
             self._event("error", f"stop on {alloc.node} failed: {doc.get('error')}", item)
             return False
         with self.store.transaction() as tx:
-            tx.save_allocation(replace(alloc, observed_status="stopped"))
+            # a failed record stays failed (its reschedule delay and attempts count on it)
+            tx.save_allocation(alloc if alloc.observed_status == "failed" else replace(alloc, observed_status="stopped"))
             tx.append_event("stopped", f"stopped on {alloc.node}" + (" (SIGKILL after timeout)" if doc.get("escalated")
                                                                     else ""), job=alloc.job, alloc=alloc.id,
                             node=alloc.node)

@@ -34,7 +34,6 @@ from deployer.models import (
     UpdatePolicy,
 )
 from deployer.plan import (
-    IGNORE,
     LOST,
     PLACE,
     RESTART,
@@ -80,9 +79,9 @@ def exited(alloc_id: str, code: int = 3, status: str = "exited") -> AllocationOb
 
 
 def node(name: str, *observations: AllocationObservation, status: str = NODE_READY, down_for: float | None = None,
-         gpus: tuple[GpuState, ...] = ()) -> NodeState:
+         gpus: tuple[GpuState, ...] = (), cpus: int = 8) -> NodeState:
     since = NOW - down_for if down_for is not None else None
-    return NodeState(name, status=status, cpus=8, memory_total=32 * GIB, gpus_known=True, gpus=gpus,
+    return NodeState(name, status=status, cpus=cpus, memory_total=32 * GIB, gpus_known=True, gpus=gpus,
                      unreachable_since=since, allocations={o.alloc_id: o for o in observations})
 
 
@@ -324,6 +323,16 @@ ROWS = [
         run(WEB), snap(ready(2, running(A), running(B)), rec(A, "n0"), rec(B, "n1"), timers=settled(A, B),
                        hosts=("n1",)),
         ("stop web-0@n0",), ("migrated",)),
+    Row("a lost record is never launched again: its index is placed anew",
+        run(WEB), snap(ready(2), rec(A, "n0", observed="lost")), ("mark web-0@n0 lost/stop", "place #0 <- web-0@n0")),
+    Row("a job takes what another job's stop frees in the same pass",
+        run(spec("api"), spec(count=0)), snap([node("n0", running(A), cpus=1)], rec(A, "n0", job=spec(count=0)),
+                                              timers=settled(A)),
+        ("place #0", "stop web-0@n0")),
+    Row("two copies of one index keep the one with an operation in flight",
+        run(WEB), snap(ready(2, running(B)), rec(A, "n0", created_at=WALL - 50), rec(B, "n1", created_at=WALL - 5),
+                       timers=settled(B), busy=frozenset({A})),
+        ("ignore web-0@n0", "stop web-1@n1"), ("duplicate of web-0@n0",)),
     Row("two live copies of one index keep the newest",
         run(WEB), snap(ready(2, running(A), running(B)), rec(A, "n0", created_at=WALL - 50),
                        rec(B, "n1", created_at=WALL - 5), timers=settled(A, B)),
@@ -375,6 +384,14 @@ ROWS = [
              timers=settled("train-0@n0", "train-1@n1")),
         ("place #0 <- train-0@n0", "place #1 <- train-1@n1", "stop train-0@n0", "stop train-1@n1"),
         ("the gang is replaced whole",)),
+    Row("a busy member past the count does not hold a gang restart back",
+        run(GANG), snap([node("n0", running("train-0@n0"), gpus=h100s(1)), down("n1", 60),
+                         node("n2", running("train-2@n2"), gpus=h100s(1)), node("n3", gpus=h100s(1))],
+                        rec("train-0@n0", "n0", job=GANG, gpus=(0,)), rec("train-1@n1", "n1", 1, job=GANG, gpus=(0,)),
+                        rec("train-2@n2", "n2", 2, job=GANG, gpus=(0,)), timers=settled("train-0@n0"),
+                        busy=frozenset({"train-2@n2"})),
+        ("ignore train-2@n2", "ignore train-2@n2", "lost train-1@n1", "place #0 <- train-0@n0",
+         "place #1 <- train-1@n1", "stop train-0@n0")),
     Row("a gang that cannot place every member places none",
         run(GANG), snap([node("n0", gpus=h100s(1)), node("n1", gpus=h100s(1, unhealthy=(0,)))]), (),
         ("gang of 2, nothing placed",)),
