@@ -45,7 +45,7 @@ from deployer.transport import Pool, TransportSettings, UntrustedHost
 log = logging.getLogger(__name__)
 
 HOST_FIELDS = ("name", "address", "port", "user", "key_file", "connection", "flex_root")
-NODE_SAVE_INTERVAL = 15.0  # seconds between saves of a node's last state when its status did not change
+NODE_SAVE_INTERVAL = 5.0  # seconds between saves of a node's last state (an attached console reads these)
 KEPT_VARS = ("flex_known_hosts", "flex_proxy_jump", "ansible_ssh_common_args")
 
 
