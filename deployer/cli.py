@@ -36,6 +36,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "cordon": ("cordon", "place nothing new on a node, or on one GPU of it (NODE/GPU)"),
     "uncordon": ("uncordon", "undo cordon or drain of a node, or a GPU's cordon"),
     "controller": ("controller", "run the reconcile loop as a daemon until SIGTERM (one per state database)"),
+    "console": ("console", "the live console: nodes, GPUs, jobs, events, logs; restart/stop/drain from it"),
 }
 
 

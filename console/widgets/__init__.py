@@ -1,0 +1,1 @@
+"""Widgets of the console: the keyed table, the chrome lines, the prompt."""
