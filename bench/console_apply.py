@@ -9,7 +9,8 @@ source. Each update is a new ConsoleModel of N nodes x G GPUs in which every Gpu
 - ``prepare``  `console.tables.prepare(model)`: the cell texts, built in the poll worker's thread
                (not on the UI thread; shown for the whole picture).
 - ``apply``    `FlexConsole.apply_model(model, tables)`: what the UI thread does with an update: every
-               row compared by key, the visible rows' changed cells updated in place.
+               row compared by key, the visible rows' changed cells updated in place. Wall clock, and
+               the thread's CPU time (`time.thread_time`: what it costs when the machine is loaded).
 - ``frame``    apply plus the repaint that follows (until the app is idle again).
 - peer ``rebuild``: the same rows through a DataTable cleared and refilled (what "in place" avoids),
                measured in the same run, a few rounds; the ratio rebuild/apply is printed.
@@ -119,18 +120,19 @@ async def measure(args: argparse.Namespace) -> None:
         await pilot.pause()
         print(f"{args.nodes} nodes x {args.gpus} GPUs = {table.row_count} GPU rows, {width}x{height}; "
               f"first fill {time.perf_counter() - started:.2f} s")
-        prepared, applied, framed = [], [], []
+        prepared, applied, applied_cpu, framed = [], [], [], []
         for tick in range(1, args.updates + 1):
             model = fleet(args.nodes, args.gpus, tick)
             t0 = time.perf_counter()
             tables = prepare(model)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             app.apply_model(model, tables)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.thread_time()
             await pilot.pause()
             t3 = time.perf_counter()
             prepared.append(t1 - t0)
             applied.append(t2 - t1)
+            applied_cpu.append(c2 - c1)
             framed.append(t3 - t1)
         rebuilt = []
         for tick in range(args.updates + 1, args.updates + 1 + args.rebuilds):
@@ -144,12 +146,13 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"calibration: a 1M-step Python loop takes {calibration() * 1000:.0f} ms here "
           "(a quiet modern core: 30-50 ms)")
     print(summary("prepare", prepared) + "   (poll worker thread)")
-    print(summary("apply", applied) + "   (UI thread)")
+    print(summary("apply", applied) + "   (UI thread, wall clock)")
+    print(summary("apply", applied_cpu) + "   (UI thread, CPU time: without waiting for a busy machine)")
     print(summary("frame", framed) + "   (apply + repaint until idle)")
     print(summary("rebuild", rebuilt) + "   (peer: clear() + add_row for every row)")
-    print(f"rebuild / apply (medians): {statistics.median(rebuilt) / statistics.median(applied):.0f}x; "
-          f"target: apply < 50 ms -> {'met' if statistics.median(applied) < 0.05 else 'NOT met'} (median), "
-          f"{'met' if max(applied) < 0.05 else 'not met'} (max)")
+    wall, cpu = statistics.median(applied), statistics.median(applied_cpu)
+    print(f"rebuild / apply (medians): {statistics.median(rebuilt) / wall:.0f}x; target apply < 50 ms: "
+          f"wall-clock median {'met' if wall < 0.05 else 'NOT met'}, CPU-time median {'met' if cpu < 0.05 else 'NOT met'}")
 
 
 def main() -> None:

@@ -329,9 +329,14 @@ class Controller:
             if self._runs.get(alloc.id) != obs.launches:
                 self._runs[alloc.id] = obs.launches
                 timers = replace(timers, exit_seen_at=None, running_since=None)
-            troubled = not obs.is_alive or (obs.health is not None and not obs.health.ok)
+            # backoff and reschedule delays count from the exit (or failing health) of this run: a run still
+            # starting has not exited, and one seen up and healthy again has no exit pending any more
+            exited = not obs.is_alive and obs.status not in ("pending", "starting")
+            troubled = exited or (obs.is_alive and obs.health is not None and not obs.health.ok)
             if troubled and timers.exit_seen_at is None:
                 timers = replace(timers, exit_seen_at=now)
+            elif obs.is_alive and not troubled and timers.exit_seen_at is not None:
+                timers = replace(timers, exit_seen_at=None)
             if obs.is_alive and obs.status == "running" and timers.running_since is None:
                 timers = replace(timers, running_since=now)
             self.timers[alloc.id] = timers

@@ -100,13 +100,25 @@ def _decide_stopping(alloc: Allocation, job: DesiredJob | None, snap: ClusterSna
     why = "job stopped" if job is None or job.desired != DESIRED_RUN else "replaced copy still running"
     if obs is not None and obs.is_alive and snap.node(alloc.node).is_ready:
         if alloc.observed_status == "lost":
-            why = "lost copy came back after its replacement started: one copy stays"
+            why = _overlap(alloc, snap)
         out.item(STOP, wanted, why)
         return
     if snap.node(alloc.node).is_ready and alloc.observed_status not in FINAL:
         out.mark(replace(wanted, observed_status="stopped"), "stopped")
     elif wanted is not alloc:  # recorded now; an unreachable node's copy is stopped when it answers again
         out.mark(wanted, why)
+
+
+def _overlap(alloc: Allocation, snap: ClusterSnapshot) -> str:
+    """Why a lost copy seen alive again is stopped, with the overlap window (F5): which replacement it ran
+    beside, and for how long at most (since the replacement was placed) until this stop."""
+    twins = [a for a in snap.allocations if a.job == alloc.job and a.index == alloc.index and a.id != alloc.id
+             and a.desired_status == DESIRED_RUN and a.created_at > 0]
+    if not twins:
+        return "lost copy came back after its replacement started: one copy stays"
+    twin = max(twins, key=lambda a: a.created_at)
+    return (f"lost copy came back after its replacement started: one copy stays (overlap with {twin.id} on "
+            f"{twin.node}: at most {max(0.0, snap.wall - twin.created_at):.0f}s, since its placement)")
 
 
 def _decide_unreachable(alloc: Allocation, spec: JobSpec, node: NodeState, snap: ClusterSnapshot, now: float,
@@ -177,7 +189,8 @@ def _decide_alive(alloc: Allocation, job: DesiredJob, obs: AllocationObservation
         timers.running_since is not None and now - timers.running_since >= settle)
     observed = "running" if obs.status == "running" and healthy and settled else "starting"
     if observed == "starting" and obs.status == "running" and healthy:
-        out.item(IGNORE, alloc, f"up for less than {settle:g}s", requeue=settle)
+        up = 0.0 if timers.running_since is None else now - timers.running_since
+        out.item(IGNORE, alloc, f"up for less than {settle:g}s", requeue=max(0.05, settle - up))
     if alloc.observed_status != observed:
         out.mark(replace(alloc, observed_status=observed, exit_code=None), f"{observed} (pid {obs.pid})")
     out.alive.append(alloc)

@@ -325,7 +325,10 @@ def _place(job: DesiredJob, indices: list[int], replaces: Mapping[int, str], out
     if not indices:
         out.pending.setdefault(job.name, None)
         return
-    result = place(job.spec, len(indices), out.cluster(), indices=indices)
+    # a service that spent its restart budget on a node is rescheduled elsewhere when another node fits
+    failed_on = frozenset(r.node for i in indices if (r := out.records.get(replaces.get(i, ""))) is not None
+                          and r.observed_status == "failed")
+    result = place(job.spec, len(indices), out.cluster(), indices=indices, avoid=failed_on)
     for assignment in result.assignments:
         _add(job, assignment, out, replaces.get(assignment.index))
     if result.failure is None:

@@ -12,8 +12,11 @@ the counts become a `PlacementFailure` whose `sentence()` says why ("0/12 nodes 
 Ranking, best first: least loaded spread domain (rack or datacenter) when the job asks for spread;
 then for GPU jobs bin-packing (nodes whose GPUs are partly used before untouched ones, then fewest free
 fitting GPUs), for other jobs fewest allocations of the same job, nodes without free GPUs, fewest free
-cpus; ties by node name. Capacity only shrinks while a job is placed, so a node that fails a capacity
-check is dropped for the rest of the call, and each placement costs O(log nodes).
+cpus; ties by node name. Before all of that (within a spread domain), nodes in `avoid` rank last: where
+the allocations being replaced failed, like Nomad's node reschedule penalty (a service that spent its
+restart budget on a node moves elsewhere when another node fits). Capacity only shrinks while a job is
+placed, so a node that fails a capacity check is dropped for the rest of the call, and each placement
+costs O(log nodes).
 """
 
 from __future__ import annotations
@@ -151,8 +154,9 @@ def _candidates(job: JobSpec, need: Need, cluster: Cluster, tally: _Tally) -> li
 class _Ranker:
     """Ranking keys for one job (lower is better) and the load of each spread domain."""
 
-    def __init__(self, job: JobSpec, need: Need, cluster: Cluster) -> None:
+    def __init__(self, job: JobSpec, need: Need, cluster: Cluster, avoid: frozenset[str] = frozenset()) -> None:
         self.need = need
+        self.avoid = avoid
         self.spread = job.placement.spread
         self.load: dict[str, int] = {}
         if self.spread:
@@ -170,14 +174,15 @@ class _Ranker:
     def key(self, free: Free) -> tuple[object, ...]:
         """Bin-pack GPUs; otherwise avoid the job's own nodes and GPU nodes, then pack cpus."""
         if self.need.gpus:
-            return (not free.touched, len(free.gpus), free.name)
-        return (free.jobs_here, free.has_other_gpus, free.cpus, free.name)
+            return (free.name in self.avoid, not free.touched, len(free.gpus), free.name)
+        return (free.name in self.avoid, free.jobs_here, free.has_other_gpus, free.cpus, free.name)
 
     def view_key(self, view: NodeView) -> tuple[object, ...]:
         """The same key as `key`, from a node nothing was placed on yet."""
         if self.need.gpus:
-            return (view.gpus_held == 0, len(self.need.fitting_gpus(view)), view.name)
-        return (view.jobs.get(self.need.job, 0), bool(view.gpus_free), view.cpus_free, view.name)
+            return (view.name in self.avoid, view.gpus_held == 0, len(self.need.fitting_gpus(view)), view.name)
+        return (view.name in self.avoid, view.jobs.get(self.need.job, 0), bool(view.gpus_free), view.cpus_free,
+                view.name)
 
 
 def _pick_ports(need: Need, free: Free, port_range: tuple[int, int]) -> dict[str, int] | None:
@@ -223,9 +228,9 @@ Pick = tuple[str, tuple[int, ...], dict[str, int]]  # node, GPU indices, ports
 
 
 def _assign(job: JobSpec, need: Need, count: int, cluster: Cluster, port_range: tuple[int, int],
-            tally: _Tally) -> list[Pick]:
+            tally: _Tally, avoid: frozenset[str] = frozenset()) -> list[Pick]:
     """Up to count picks: from the least loaded spread domain, its best ranked node."""
-    ranker = _Ranker(job, need, cluster)
+    ranker = _Ranker(job, need, cluster, avoid)
     pools: dict[str, list[tuple[tuple[object, ...], str, NodeView]]] = {}
     for view in _candidates(job, need, cluster, tally):
         pools.setdefault(ranker.domain(view), []).append((ranker.view_key(view), view.name, view))
@@ -269,8 +274,9 @@ def _try(need: Need, free: Free, port_range: tuple[int, int], tally: _Tally) -> 
 
 
 def place(job: JobSpec, count: int, cluster: Cluster, *, indices: Sequence[int] | None = None,
-          port_range: tuple[int, int] = PORT_RANGE) -> PlacementResult:
+          port_range: tuple[int, int] = PORT_RANGE, avoid: frozenset[str] = frozenset()) -> PlacementResult:
     """Place count new allocations of job (indices 0..count-1 unless given); a gang all or nothing.
+    Nodes in avoid are ranked last (a reschedule away from where the replaced allocations failed).
 
     Raises:
         ValueError: indices given but not count of them.
@@ -279,7 +285,7 @@ def place(job: JobSpec, count: int, cluster: Cluster, *, indices: Sequence[int] 
     if len(wanted) != count:
         raise ValueError(f"{len(wanted)} indices for {count} allocations")
     need, tally = Need.of(job), _Tally()
-    picks = _assign(job, need, count, cluster, port_range, tally) if count else []
+    picks = _assign(job, need, count, cluster, port_range, tally, avoid) if count else []
     assignments = _gang(job, picks, wanted, cluster) if job.gang else tuple(
         Assignment(node, index, gpus, ports) for (node, gpus, ports), index in zip(picks, wanted))
     if len(picks) == count:

@@ -98,7 +98,7 @@ def _fix(error: ValidationError, sub: Mapping[str, Any]) -> str:
         return f'quote it: "{shown(error.instance)}"'
     if error.validator == "type" and isinstance(error.instance, str) and _is_number(error.instance):
         return f"remove the quotes: {error.instance.strip()}"
-    return ""
+    return f"change it to {expected(sub)}"  # every problem says how to fix it, if only by restating the rule
 
 
 def _is_number(text: str) -> bool:

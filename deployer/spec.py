@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from deployer.document import Document, load_document
+from deployer.document import Document, did_you_mean, load_document
 from deployer.errors import ConfigError, Location, Problem
 from deployer.models import (
     GANG_PORT,
@@ -82,6 +82,32 @@ def load_jobs(paths: Iterable[str | Path]) -> tuple[JobSpec, ...]:
     if problems:
         raise ConfigError(problems)
     return tuple(job for job, _ in loaded)
+
+
+def inventory_problems(jobs: Iterable[JobSpec], inventory: Any) -> list[Problem]:
+    """Placement rules that name hosts or datacenters the inventory does not have, so that they match no
+    host at all (a typo, or the wrong inventory): bad input, located, never a job left pending forever."""
+    hosts = {h.name for h in inventory.hosts}
+    datacenters = {h.datacenter for h in inventory.hosts if h.datacenter}
+    problems: list[Problem] = []
+    for job in jobs:
+        where: list[tuple[tuple[str | int, ...], str, str]] = []
+        for i, rule in enumerate(job.placement.constraints):
+            if rule.attribute == "host" and rule.operator == "in" and not hosts & set(rule.values):
+                where.append((("placement", "constraints", i), f"host {', '.join(rule.values)}",
+                              did_you_mean(rule.values[0], hosts).replace("valid keys", "its hosts")))
+        if job.placement.datacenters and not datacenters & set(job.placement.datacenters):
+            where.append((("placement", "datacenters"), f"datacenter {', '.join(job.placement.datacenters)}",
+                          did_you_mean(job.placement.datacenters[0], datacenters).replace("valid keys",
+                                                                                       "its datacenters")
+                          if datacenters else "set flex_datacenter on the inventory's hosts"))
+        if not where:
+            continue
+        doc = load_document(job.source)
+        for path, what, hint in where:
+            problems.append(doc.problem(path, f"job '{job.name}': {what} matches no host of the inventory "
+                                        f"{inventory.source}", f"name what the inventory has ({hint})"))
+    return problems
 
 
 def _duplicate_names(loaded: list[tuple[JobSpec, Document]]) -> list[Problem]:

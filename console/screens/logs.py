@@ -19,6 +19,7 @@ from textual.worker import get_current_worker
 
 from console.screens.base import Frame, ViewScreen
 from console.screens.jobs import AllocsScreen
+from console.widgets.prompt import Prompt
 from console.tables import TableRow
 
 KEPT_LINES = 5000
@@ -230,16 +231,16 @@ class LogScreen(ViewScreen):
         self.pattern = search_pattern(text)
         self.render_all()
 
-    def on_prompt_edited(self, event: Any) -> None:
+    def on_prompt_edited(self, event: Prompt.Edited) -> None:
         if event.mode == "search":
             self.set_search(event.value)
 
-    def on_prompt_done(self, event: Any) -> None:
+    def on_prompt_done(self, event: Prompt.Done) -> None:
         if event.mode == "search":
             self.set_search(event.value)
         super().on_prompt_done(event)
 
-    def on_prompt_cancelled(self, event: Any) -> None:
+    def on_prompt_cancelled(self, event: Prompt.Cancelled) -> None:
         if event.mode == "search":
             self.set_search(event.before)
         super().on_prompt_cancelled(event)

@@ -40,7 +40,14 @@ class Banner(Line):
 
 
 class DetailLine(Line):
-    """The long text of the highlighted row: why a job is pending, why a node is unreachable."""
+    """The long text of the highlighted row: why a job is pending, why a node is unreachable (it wraps
+    onto a second line, as much as the stylesheet allows)."""
+
+    def show(self, text: str, style: str = "") -> None:
+        if text == self._text:
+            return
+        self._text = text
+        self.update(Text(text, style=style, overflow="ellipsis", end=""))
 
 
 class StatusLine(Line):

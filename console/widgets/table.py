@@ -99,6 +99,29 @@ class KeyedTable(DataTable[Text]):
     def apply(self, rows: Sequence[TableRow]) -> None:
         """Show exactly rows, in their order: add, remove and update in place by key."""
         cursor = self.cursor_key
+        keys = [row.key for row in rows]
+        if keys == self._order:
+            self._update_rows(rows)  # the common tick: same rows, some cells changed
+        else:
+            self._apply_keys(rows)
+        self._restore(cursor)
+        self._sync_visible()
+
+    def _update_rows(self, rows: Sequence[TableRow]) -> None:
+        """Note the changed rows of a table whose keys and order stay (one tight loop: 8,000 rows a tick)."""
+        known, shown_by_key, marks, dirty = self._rows, self._shown, self.marks, self._dirty
+        for row in rows:
+            key = row.key
+            if known.get(key) is row:
+                continue  # the same prepared row as before (the poll worker's cache): nothing changed
+            known[key] = row
+            shown = (row.cells, row.styles, row.style, key in marks)
+            if shown_by_key.get(key) != shown:
+                shown_by_key[key] = shown
+                dirty.add(key)
+
+    def _apply_keys(self, rows: Sequence[TableRow]) -> None:
+        """Rows came or went or moved: remove, add, update, then re-sort if the order changed."""
         wanted = {row.key: row for row in rows}
         gone = [key for key in self._order if key not in wanted]
         if len(gone) > REBUILD_AFTER and len(gone) * 4 > len(self._order):
@@ -110,8 +133,6 @@ class KeyedTable(DataTable[Text]):
                 self._set_row(row)
             self._reorder([k for k in self._order if k in wanted] + added, list(wanted))
         self.marks &= wanted.keys()
-        self._restore(cursor)
-        self._sync_visible()
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)

@@ -50,14 +50,14 @@ def _load(inventory: Any, specs: list[str]) -> tuple[tuple[Any, ...], dict[str, 
     """The jobs to push and their YAML text; secrets are checked now (every missing one at once)."""
     from deployer.commands.validate import playbook_paths
     from deployer.errors import ConfigError, Problem
-    from deployer.spec import load_jobs, resolve_secrets
+    from deployer.spec import inventory_problems, load_jobs, resolve_secrets
 
     paths = [Path(p) for p in specs] or playbook_paths(inventory)
     if not paths:
         raise ConfigError(f"{inventory.source}: no job to push", fix="give job spec files (`flex push INVENTORY "
                           "SPEC...`) or list them in the inventory's flex_playbooks variable")
     jobs = load_jobs(paths)
-    problems: list[Problem] = []
+    problems: list[Problem] = inventory_problems(jobs, inventory)
     for job in jobs:
         try:
             resolve_secrets(job, os.environ)

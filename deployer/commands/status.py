@@ -179,7 +179,10 @@ def render_nodes(nodes: Sequence[NodeRecord], allocs: Sequence[Allocation]) -> l
         lines.append(f"{node.name:<20} {node_status(node):<12} {count:>6}  {', '.join(node_flags(node)) or '-'}")
         error = (node.last_state or {}).get("error")
         if error and node_status(node) != "ready":
-            lines.append(f"  {str(error).splitlines()[0]}")
+            text = str(error).splitlines()
+            lines.append(f"  {text[0]}")
+            # an untrusted host key says how to fix it: keep that line (never auto-accepted, F18)
+            lines += [f"  {line.strip()}" for line in text[1:] if line.strip().startswith("fix:")]
     return lines
 
 

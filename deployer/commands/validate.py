@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate everything, report all problems at once; exit 0 when all is valid."""
     from deployer.errors import ConfigError, Problem
     from deployer.inventory import load_inventory
-    from deployer.spec import load_jobs
+    from deployer.spec import inventory_problems, load_jobs
 
     inventory_path, spec_paths = _split(args)
     problems: list[Problem] = []
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         jobs = load_jobs(spec_paths)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if inventory is not None:
+        problems.extend(inventory_problems(jobs, inventory))
     if problems:
         raise ConfigError(problems)
     _report(args, inventory, spec_paths, jobs)

@@ -146,7 +146,8 @@ async def test_jobs_drill_down_to_allocations_then_one_allocation_and_esc_goes_b
 async def test_a_pending_job_says_why_on_the_detail_line() -> None:
     async with running() as (app, pilot, _):
         await press(pilot, "3", "down", "down")
-        assert "0/3 nodes fit gpu" in screen_text(app).splitlines()[-2]
+        below_table = " ".join(screen_text(app).splitlines()[-3:-1])
+        assert "0/3 nodes fit gpu: 1 has GPUs unknown, 2 are short of GPUs" in below_table
 
 
 async def test_help_lists_the_views_keys() -> None:
@@ -202,6 +203,17 @@ async def test_refresh_updates_cells_in_place() -> None:
         hot = replace(fleet_model().gpus[2], utilization=88.0)
         await refreshed(app, pilot, source, fleet_model(gpus=fleet_model().gpus[:2] + (hot,)))
         assert "88%" in screen_text(app) and table.row_count == row_count
+
+
+async def test_a_row_out_of_view_shows_its_new_cells_when_scrolled_to() -> None:
+    many = fleet_model(nodes=tuple(node(f"n{i:03d}", load=1.0) for i in range(100)))
+    async with running(FakeSource(many)) as (app, pilot, source):
+        changed = replace(many, nodes=many.nodes[:-1] + (replace(many.nodes[-1], load=7.25),))
+        await refreshed(app, pilot, source, changed)
+        assert "7.25" not in screen_text(app)
+        await press(pilot, "G")
+        await until(pilot, lambda: "n099" in screen_text(app) and "7.25" in screen_text(app), "the scrolled-to row")
+        assert table_screen(app).table.cursor_key == "n099"
 
 
 # --- actions --------------------------------------------------------------------------------------

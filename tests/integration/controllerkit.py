@@ -128,3 +128,68 @@ class RunningController:
         """The job's allocations desired run and observed running."""
         return [a for a in self.store.allocations(job=job) if a.desired_status == "run"
                 and a.observed_status == "running"]
+
+
+# --- the CLI as separate processes, and "nothing changed" snapshots -------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flex_env(state: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `flex` subprocess: this one's, with FLEX_STATE and strict host keys."""
+    import os
+
+    return {**os.environ, "FLEX_STATE": str(state), "FLEX_INSECURE_HOST_KEYS": "0", **extra}
+
+
+def flex(*args: str, env: dict[str, str], timeout: float = 120) -> Any:
+    """Run `python3 -m deployer.cli ARGS` to its end; the CompletedProcess (text stdout and stderr)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "deployer.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def spawn_flex(*args: str, env: dict[str, str], log: Path) -> Any:
+    """Start `python3 -m deployer.cli ARGS` in the background, stdout and stderr appended to log (a file,
+    so a chatty process never blocks on a full pipe); the Popen (the caller ends it by its pid)."""
+    import subprocess
+    import sys
+
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "deployer.cli", *args], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every path under root -> (mode, size, sha256 of a file's bytes): what a host's flex root holds."""
+    import hashlib
+
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            out[str(path.relative_to(root))] = (0, 0, str(path.readlink()))
+            continue
+        st = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_size if path.is_file() else 0, digest)
+    return out
+
+
+def fleet_trees(fleet: Any) -> dict[str, dict[str, tuple[int, int, str]]]:
+    """host -> tree() of its flex root, for every host of the fleet."""
+    return {host.name: tree(host.flex_root_path) for host in fleet.hosts}
+
+
+def db_dump(path: Path) -> list[str]:
+    """The state database as SQL (sqlite3 iterdump): every table's every row; [] when there is none."""
+    import sqlite3
+
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()

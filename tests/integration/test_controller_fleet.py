@@ -160,8 +160,7 @@ async def test_sigkill_of_a_workload_runs_it_again_on_the_same_node(fresh: Any, 
                                                           if e.alloc == victim.id}, 5, "exit and restart recorded")
 
 
-async def test_dead_host_is_replaced_after_the_grace_and_a_partition_heals_to_one_copy(fresh: Any,
-                                                                                   tmp_path: Path) -> None:
+async def test_f08_dead_host_is_replaced_after_the_grace(fresh: Any, tmp_path: Path) -> None:
     fleet = fresh
     async with RunningController(_inventory(fleet, tmp_path), tmp_path / "state.db", tmp_path) as rc:
         submit(rc.store, write_spec(tmp_path, "web", WEB))
@@ -174,16 +173,32 @@ async def test_dead_host_is_replaced_after_the_grace_and_a_partition_heals_to_on
         assert 3 <= time.monotonic() - lost_at < 20
         assert rc.store.allocations(job="web") and dead.node not in {a.node for a in rc.running("web")}
 
+
+async def test_f05_long_partition_reschedules_and_heals_to_one_copy_logging_the_overlap(fresh: Any,
+                                                                                       tmp_path: Path) -> None:
+    fleet = fresh
+    async with RunningController(_inventory(fleet, tmp_path), tmp_path / "state.db", tmp_path) as rc:
+        submit(rc.store, write_spec(tmp_path, "web", WEB))
+        await rc.until(lambda: len(rc.running("web")) == 3, 40, "web running")
         cut = next(a for a in rc.running("web"))
         fleet.host(cut.node).partition()
         await rc.until(lambda: cut.id not in {a.id for a in rc.running("web")} and len(rc.running("web")) == 3,
                        30, "the partitioned copy replaced")
         assert cut.id in copies(fleet, "web-"), "the partitioned copy keeps running while cut off (no lease)"
+        twin = next(a for a in rc.running("web") if a.index == cut.index)
+        assert twin.node != cut.node, "the replacement runs elsewhere"
         fleet.host(cut.node).heal()
         await rc.until(lambda: cut.id not in copies(fleet, "web-"), 30, "the old copy stopped after the heal")
         where = copies(fleet, "web-")
         assert len(where) == 3 and all(len(h) == 1 for h in where.values()), where
         assert {a.id for a in rc.running("web")} == set(where)
+        await rc.until(lambda: "stopped" in {e.kind for e in rc.store.events(job="web") if e.alloc == cut.id}, 10,
+                       "the old copy's stop recorded")
+        events = [e for e in rc.store.events(job="web", limit=100_000) if e.alloc == cut.id]
+        kinds = [e.kind for e in events]
+        assert "lost" in kinds and kinds.index("lost") < kinds.index("stopping") < kinds.index("stopped"), kinds
+        overlap = next(e.message for e in events if e.kind == "stopping")
+        assert "came back" in overlap and f"overlap with {twin.id} on {twin.node}" in overlap, overlap
 
 
 def _flex(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -191,7 +206,7 @@ def _flex(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_controller_sigkilled_mid_push_leaves_no_duplicate_and_a_later_push_converges(fresh: Any,
+def test_f10_controller_sigkilled_mid_push_leaves_no_duplicate_and_a_later_push_converges(fresh: Any,
                                                                                         tmp_path: Path) -> None:
     fleet = fresh
     inventory = _inventory(fleet, tmp_path)
@@ -215,7 +230,7 @@ def test_controller_sigkilled_mid_push_leaves_no_duplicate_and_a_later_push_conv
     assert copies(fleet, "web-") == where
 
 
-async def test_a_restart_asked_while_no_controller_runs_is_applied_once(fresh: Any, tmp_path: Path) -> None:
+async def test_f25_restart_asked_while_no_controller_runs_is_applied_once(fresh: Any, tmp_path: Path) -> None:
     fleet = fresh
     inventory, state = _inventory(fleet, tmp_path), tmp_path / "state.db"
     async with RunningController(inventory, state, tmp_path) as rc:

@@ -60,7 +60,7 @@ def cli(name: str, path: str, start: Any, results: Any) -> None:
     results.put((name, done, 0, errors))
 
 
-def test_controller_and_two_cli_processes_share_one_database_without_locking_errors(tmp_path: Path) -> None:
+def test_f24_store_controller_and_two_cli_processes_share_one_database_unlocked(tmp_path: Path) -> None:
     path = str(tmp_path / "flex.db")
     with Store.open(path) as store:
         store.put_job(JobSpec(name="web", command=("sleep", "60"), count=2), "", "web.yaml")
