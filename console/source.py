@@ -275,8 +275,7 @@ class Source:
         async with Pool.from_inventory(self.inventory) as pool:
             pool.add(host)
             client = NodeClient(pool, host)
-            try:
-                await asyncio.wait_for(client.install(), LOG_TIMEOUT)
+            try:  # the verb installs the runtime when the node lacks it
                 return await asyncio.wait_for(read_lines(client, alloc, stream, previous, tail), LOG_TIMEOUT)
             except TimeoutError:
                 raise TransportError(host.name, f"no logs of {alloc.id} within {LOG_TIMEOUT:g}s",

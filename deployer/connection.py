@@ -174,6 +174,10 @@ class StreamHandle(Protocol):
         """The next line without its newline; None once the command ended."""
         ...
 
+    async def send(self, data: bytes) -> None:
+        """Write to the command's stdin (a stream opened with watches_stdin only)."""
+        ...
+
     async def close(self) -> None:
         """Stop the command (its whole process group) and free the channel."""
         ...
@@ -209,6 +213,17 @@ class LineStream:
     def stderr_tail(self) -> tuple[str, ...]:
         """The last lines the command wrote to stderr."""
         return self._handle.stderr_tail if self._handle else ()
+
+    async def send(self, data: bytes) -> None:
+        """Write to the command's stdin: a stream opened with watches_stdin=True only (flexnode's
+        probe stream answers a newline with a document at once).
+
+        Raises:
+            ConnectionLost: the channel is gone.
+        """
+        await self.open()
+        assert self._handle is not None
+        await self._handle.send(data)
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self
@@ -247,8 +262,11 @@ class Connection(Protocol):
         """Run argv, bounded by timeout on the node; a non-zero exit is a Result."""
         ...
 
-    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> LineStream:
-        """The stdout lines of a long-running command, kept open until closed."""
+    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               watches_stdin: bool = False) -> LineStream:
+        """The stdout lines of a long-running command, kept open until closed. watches_stdin: the
+        command ends by itself when its stdin closes, so it gets the channel as stdin and runs
+        without the node-side watchdog (one interpreter fewer per stream)."""
         ...
 
     async def sync(self, files: Sequence[FileLike]) -> SyncResult:

@@ -59,7 +59,6 @@ class ControllerSettings:
     lease_ttl: float = 0.0  # workloads fence themselves after this long without renewal (0: off)
     controller_lease_ttl: float = 15.0  # the state database's controller lease
     stale_after: float = 4.0  # a node whose stream is silent this long is unreachable (4 missed probes)
-    install_timeout: float = 60.0
     concurrency: int = 64
 
 
@@ -170,8 +169,7 @@ class Controller:
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(client.install(), self.settings.install_timeout)
-                async for state in client.probe_stream(self.settings.probe_interval):
+                async for state in client.probe_stream(self.settings.probe_interval):  # installs when missing
                     self._observed(name, state)
                     failures = 0
                 raise ConnectionError("the probe stream ended")
@@ -293,15 +291,36 @@ class Controller:
 
     def _snapshot(self, now: float, wall: float) -> ClusterSnapshot:
         allocations = tuple(self.store.allocations())
+        launched = self._adopt_generations(allocations, self.store.launched_generations())
         flags = self.store.nodes(with_state=False)
         cordoned = {r.name for r in flags if r.cordoned} | {f"{r.name}/{g}" for r in flags for g in r.cordoned_gpus}
         self._update_timers(allocations, now)
         return ClusterSnapshot(
             hosts={h.name: h for h in self.inventory.hosts}, nodes=dict(self.nodes), allocations=allocations,
-            launched=self.store.launched_generations(), cordoned=frozenset(cordoned),
+            launched=launched, cordoned=frozenset(cordoned),
             draining=frozenset(r.name for r in flags if r.draining), timers=dict(self.timers),
             busy=frozenset(self.executor.busy) | self._stale_runs(allocations), wall=wall,
             lease_ttl=self.settings.lease_ttl, salt=self._salt)
+
+    def _adopt_generations(self, allocations: tuple[Any, ...], launched: dict[str, int]) -> dict[str, int]:
+        """Record the restart generation a node says the current run was launched at, when it is above the
+        recorded one: a controller launched it and died before recording it (F10). Without this the next
+        controller would apply that restart a second time. Returns launched, updated."""
+        adopted = []
+        for alloc in allocations:
+            node = self.nodes.get(alloc.node)
+            obs = None if node is None or not node.is_ready else node.allocations.get(alloc.id)
+            if obs is not None and obs.generation > launched.get(alloc.id, 0) and alloc.id not in self.executor.busy:
+                adopted.append((alloc, obs.generation))
+        if adopted:
+            with self.store.transaction() as tx:
+                for alloc, generation in adopted:
+                    tx.save_allocation(alloc, launched_generation=generation)
+                    tx.append_event("adopted", f"{alloc.node} already runs it at restart generation {generation} "
+                                    "(launched by a controller that stopped before recording it)", job=alloc.job,
+                                    alloc=alloc.id, node=alloc.node)
+                    launched[alloc.id] = generation
+        return launched
 
     def _stale_runs(self, allocations: tuple[Any, ...]) -> frozenset[str]:
         """Allocations just launched whose node has not reported the new run yet (no double launch)."""

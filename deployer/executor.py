@@ -154,7 +154,8 @@ class Executor:
         if stop_first:
             await client.stop(alloc.id, timeout=spec.stop.timeout, signal=spec.stop.signal)
         env = item.env or gang_env(alloc, spec, snap)
-        launch = Launch(alloc.id, spec, alloc.index, alloc.gpus, alloc.ports, env, self.lease_ttl)
+        launch = Launch(alloc.id, spec, alloc.index, alloc.gpus, alloc.ports, env, self.lease_ttl,
+                        item.target_generation)
         try:
             doc = await client.launch(launch, secrets)
         except FlexError as exc:

@@ -30,7 +30,7 @@ from deployer.connection import (
 )
 from deployer.filesync import sync_files
 from deployer.models import Host
-from deployer.transporterrors import CommandTimeout
+from deployer.transporterrors import CommandTimeout, ConnectionLost
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +90,21 @@ class LocalConnection:
                 await stop_group(proc, self.settings.kill_after)
             release_pipes(proc)
 
-    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> LineStream:
-        """The stdout lines of a long-running command; closing stops its process group."""
+    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               watches_stdin: bool = False) -> LineStream:
+        """The stdout lines of a long-running command; closing stops its process group (and, with
+        watches_stdin, closes the pipe that is its stdin)."""
         words = checked_argv(argv)
-        return LineStream(lambda: self._open_stream(words, env))
+        return LineStream(lambda: self._open_stream(words, env, PIPE if watches_stdin else DEVNULL))
 
-    async def _open_stream(self, words: tuple[str, ...], env: Mapping[str, str] | None) -> StreamHandle:
+    async def _open_stream(self, words: tuple[str, ...], env: Mapping[str, str] | None, stdin: int) -> StreamHandle:
         await self._slots.acquire()
         try:
-            proc = await self._spawn(words, env, DEVNULL)
+            proc = await self._spawn(words, env, stdin)
         except BaseException:
             self._slots.release()
             raise
-        return LocalStream(proc, self.settings.kill_after, self._slots.release)
+        return LocalStream(self.name, proc, self.settings.kill_after, self._slots.release)
 
     async def sync(self, files: Sequence[FileLike]) -> SyncResult:
         """Place files by sha256 with the same helper script as over SSH."""
@@ -115,7 +117,9 @@ class LocalConnection:
 class LocalStream:
     """A running local command whose stdout is read line by line."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, kill_after: float, release: Callable[[], None]) -> None:
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, kill_after: float,
+                 release: Callable[[], None]) -> None:
+        self._name = name
         self._proc = proc
         self._kill_after = kill_after
         self._release: Callable[[], None] | None = release
@@ -137,6 +141,20 @@ class LocalStream:
         assert self._proc.stderr is not None
         while line := await self._proc.stderr.readline():
             self._stderr.append(line.decode(errors="replace").rstrip("\n"))
+
+    async def send(self, data: bytes) -> None:
+        """Write to the command's stdin (opened with watches_stdin).
+
+        Raises:
+            ConnectionLost: the command is gone.
+        """
+        if self._proc.stdin is None:
+            raise RuntimeError("this stream was opened without watches_stdin: it has no stdin")
+        try:
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionLost(self._name, f"the streamed command is gone: {exc}") from None
 
     async def readline(self) -> str | None:
         """The next stdout line; None when the command ended."""

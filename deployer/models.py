@@ -410,6 +410,7 @@ class AllocationObservation:
     started_at: float | None = None
     finished_at: float | None = None
     launches: int = 0
+    generation: int = 0  # the restart generation the current run was launched at (see Launch.generation)
     health: HealthResult | None = None
     log_tail: tuple[str, ...] = ()
 

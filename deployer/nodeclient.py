@@ -1,7 +1,9 @@
 """The controller's side of the node runtime: install it, launch, stop, renew and probe allocations.
 
 Everything goes through a Transport (SSH or local), so this module never opens a connection itself.
-The runtime is pushed once per version by checksum into <root>/runtime/<id>/; each allocation's
+The runtime is pushed once per version by checksum into <root>/runtime/<id>/, when a verb finds it
+missing (the directory is content-addressed and its entry point is renamed into place last, so an
+entry point that exists is the whole right runtime: no hash check before every session); each allocation's
 spec.json, secrets (0600, stdin only) and job files go to <root>/allocs/<alloc_id>/ by checksum, then
 `flexnode.py start` launches it, idempotent by allocation id: a second identical launch sends no file
 and starts nothing.
@@ -43,6 +45,9 @@ class Launch:
     ports: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     extra_env: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # gang: RANK, WORLD_SIZE, ...
     lease_ttl: float = 0.0
+    # the restart generation this launch applies: the node keeps it with the run, so a controller that
+    # restarts after a SIGKILL sees a restart already done (never applies one twice)
+    generation: int = 0
 
 
 def allocation_spec(launch: Launch, node: str) -> dict[str, Any]:
@@ -55,6 +60,7 @@ def allocation_spec(launch: Launch, node: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "argv": list(job.command), "env": env, "job": job.name,
         "stop_signal": job.stop.signal, "stop_timeout": job.stop.timeout, "lease_ttl": launch.lease_ttl,
+        "generation": launch.generation,
     }
     if launch.gpus is not None or job.resources.gpus:
         spec["gpus"] = list(launch.gpus or ())
@@ -91,6 +97,7 @@ class NodeClient:
         self.host = host
         self._root: str | None = host.flex_root
         self._files, self._runtime_id = _runtime_manifest()
+        self.installs = 0  # how many times this client pushed the runtime (it does when a verb misses it)
 
     async def root(self) -> str:
         """The node's flex root: flex_root, /var/lib/flex for root, else ~/.local/share/flex.
@@ -115,10 +122,15 @@ class NodeClient:
         return posixpath.join(await self.root(), "runtime", self._runtime_id)
 
     async def install(self) -> bool:
-        """Push the node runtime (and pynvml.py) by checksum; True when any file travelled."""
+        """Push the node runtime (and pynvml.py) by checksum; True when any file travelled.
+
+        The entry point goes last in the batch, so it exists only once every other file does (the
+        verbs rely on that: see runtime_missing)."""
         target = await self.runtime_dir()
-        files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in self._files]
+        ordered = sorted(self._files, key=lambda f: f.name == ENTRY_POINT)
+        files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in ordered]
         result = await self.transport.sync(self.host, files)
+        self.installs += 1
         return bool(result.changed)
 
     async def _argv(self, *args: str) -> list[str]:
@@ -133,7 +145,11 @@ class NodeClient:
         Raises:
             ProbeError: the runtime printed something that is not one JSON object.
         """
-        result = await self.transport.run(self.host, await self._argv(*args), timeout=timeout)
+        argv = await self._argv(*args)
+        result = await self.transport.run(self.host, argv, timeout=timeout)
+        if runtime_missing(result.exit_status, result.stderr):
+            await self.install()
+            result = await self.transport.run(self.host, argv, timeout=timeout)
         return _document(self.host.name, result)
 
     async def launch(self, launch: Launch, secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -189,14 +205,27 @@ class NodeClient:
         return parse_probe(self.host.name, doc, observed_at=now, rtt=now - started)
 
     async def probe_stream(self, interval: float = 2.0) -> AsyncIterator[NodeState]:
-        """NodeStates from one long-lived probe channel: one per interval and at once on any exit."""
-        argv = await self._argv("probe", "--stream", "--interval", f"{interval:g}", "--ignore-stdin")
-        # The transport gives streams no stdin; its own watchdog (ssh) or the parent-death check (local)
-        # ends the node-side stream when the channel or the controller goes away.
-        async with self.transport.stream(self.host, argv) as lines:
-            async for line in lines:
-                if line.strip():
-                    yield parse_probe(self.host.name, line, observed_at=time.monotonic())
+        """NodeStates from one long-lived probe channel: one per interval and at once on any exit.
+
+        The runtime is installed first when the node lacks it. The stream reads the channel as its
+        stdin and ends when it closes (the controller went away), so no watchdog process runs beside it.
+        """
+        argv = await self._argv("probe", "--stream", "--interval", f"{interval:g}")
+        for attempt in (1, 2):
+            async with self.transport.stream(self.host, argv, watches_stdin=True) as lines:
+                async for line in lines:
+                    if line.strip():
+                        yield parse_probe(self.host.name, line, observed_at=time.monotonic())
+                missing = runtime_missing(lines.exit_status, "\n".join(lines.stderr_tail))
+            if not missing or attempt == 2:
+                return
+            await self.install()
+
+
+def runtime_missing(exit_status: int | None, stderr: str) -> bool:
+    """Whether a verb failed because the node lacks this runtime (never installed, another version,
+    or a file of it removed): python3 could not open the entry point, or it could not import a module."""
+    return exit_status in (1, 2) and (f"{ENTRY_POINT}': [Errno 2]" in stderr or "ModuleNotFoundError" in stderr)
 
 
 def _document(node: str, result: Result) -> dict[str, Any]:
@@ -210,19 +239,16 @@ def _document(node: str, result: Result) -> dict[str, Any]:
     return doc
 
 
-async def gather_probes(clients: Sequence[NodeClient], *, timeout: float,
-                        install: bool = False) -> dict[str, NodeState | Exception]:
+async def gather_probes(clients: Sequence[NodeClient], *, timeout: float) -> dict[str, NodeState | Exception]:
     """One probe round over many nodes at once: each node's state, or the error that stopped it.
 
-    With install, each node first gets the runtime (by checksum). A slow or dead node costs at most
-    `timeout` per step and never delays the others' answers.
+    A node that lacks the runtime gets it first (see NodeClient.verb). A slow or dead node costs at
+    most `timeout` and never delays the others' answers.
     """
     import asyncio
 
     async def one(client: NodeClient) -> NodeState | Exception:
         try:
-            if install:
-                await asyncio.wait_for(client.install(), timeout)
             return await asyncio.wait_for(client.probe(), timeout)
         except TimeoutError:
             return TimeoutError(f"no answer within {timeout:g}s")

@@ -80,7 +80,7 @@ def parse_allocation(alloc_id: str, raw: Mapping[str, Any]) -> AllocationObserva
         pid=_opt(raw, "pid", int), start_time=_opt(raw, "start_time", str),
         exit_code=_opt(raw, "exit_code", int), signal=_opt(raw, "signal", int),
         started_at=_opt(raw, "started_at", float), finished_at=_opt(raw, "finished_at", float),
-        launches=int(raw.get("restarts") or 0),
+        launches=int(raw.get("restarts") or 0), generation=int(raw.get("generation") or 0),
         health=None if not isinstance(health, Mapping) else HealthResult(
             ok=bool(health.get("ok")), detail=str(health.get("detail") or ""),
             checked_at=_opt(health, "checked_at", float), failures=int(health.get("failures") or 0)),

@@ -264,10 +264,12 @@ class SshConnection:
 
     # --- streams, files, lifecycle -------------------------------------------------------------
 
-    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> LineStream:
-        """The stdout lines of a long-running command; it is stopped on the node when closed."""
+    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               watches_stdin: bool = False) -> LineStream:
+        """The stdout lines of a long-running command; it is stopped on the node when closed: by
+        the node-side watchdog, or by itself (watches_stdin: it ends when the channel's stdin closes)."""
         words = checked_argv(argv)
-        watchdog = [self.python, "-I", "-S", "-c", WATCHDOG, str(self.settings.kill_after)]
+        watchdog = [] if watches_stdin else [self.python, "-I", "-S", "-c", WATCHDOG, str(self.settings.kill_after)]
         line = "exec " + shlex.join([*watchdog, *env_prefix(env), *words])
         return LineStream(lambda: self._open_stream(words, line))
 

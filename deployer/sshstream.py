@@ -84,6 +84,14 @@ class SshStream:
         await self._finish()
         return None
 
+    async def send(self, data: bytes) -> None:
+        """Write to the command's stdin (the channel)."""
+        try:
+            self._process.stdin.write(data)
+            await self._process.stdin.drain()
+        except (asyncssh.Error, OSError) as exc:
+            raise lost_error(self._name, self._words, exc) from None
+
     async def _finish(self) -> None:
         try:
             await asyncio.wait_for(self._process.wait_closed(), self._kill_after + 1)

@@ -64,8 +64,10 @@ class Transport(Protocol):
         """Run argv on host, bounded by timeout on the host; a non-zero exit is a Result."""
         ...
 
-    def stream(self, host: HostRef, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> LineStream:
-        """The stdout lines of a long-running command on host, until closed."""
+    def stream(self, host: HostRef, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               watches_stdin: bool = False) -> LineStream:
+        """The stdout lines of a long-running command on host, until closed (watches_stdin: see
+        Connection.stream)."""
         ...
 
     async def sync(self, host: HostRef, files: Sequence[FileLike]) -> SyncResult:
@@ -163,9 +165,10 @@ class Pool:
         """Run argv on host (see SshConnection.run / LocalConnection.run)."""
         return await self.connection(host).run(argv, timeout=timeout, input=input, env=env)
 
-    def stream(self, host: HostRef, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> LineStream:
+    def stream(self, host: HostRef, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               watches_stdin: bool = False) -> LineStream:
         """The stdout lines of a long-running command on host; opened on first use."""
-        return self.connection(host).stream(argv, env=env)
+        return self.connection(host).stream(argv, env=env, watches_stdin=watches_stdin)
 
     async def sync(self, host: HostRef, files: Sequence[FileLike]) -> SyncResult:
         """Place files on host by sha256."""

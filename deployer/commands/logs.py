@@ -125,8 +125,8 @@ async def _show(inventory: Any, host: Host, alloc: Allocation, stream: str, args
     async with Pool.from_inventory(inventory) as pool:
         pool.add(host)
         client = NodeClient(pool, host)
-        await client.install()
         if args.follow:
+            await client.install()  # a stream does not install the runtime by itself; the verbs do
             return await follow(client, alloc, stream, args.tail, as_json=args.json)
         lines = await read_lines(client, alloc, stream, args.previous, args.tail)
     if args.json:

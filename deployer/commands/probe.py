@@ -42,7 +42,7 @@ async def _probe_all(inventory: Any, hosts: list[Any], timeout: float) -> dict[s
     from deployer.transport import Pool
 
     async with Pool.from_inventory(inventory) as pool:
-        return await gather_probes([NodeClient(pool, h) for h in hosts], timeout=timeout, install=True)
+        return await gather_probes([NodeClient(pool, h) for h in hosts], timeout=timeout)
 
 
 def failure_status(error: Exception) -> str:

@@ -22,7 +22,8 @@ Layout on the node:
                                 (starting|running|exited|stopped|fenced), pid, pgid, start_time
                                 (/proc/<pid>/stat field 22, ticks since boot, as a string), boot_id,
                                 started_at, finished_at, exit_code, signal, restarts (launches into
-                                this directory), stop_requested, supervisor_pid, supervisor_start_time,
+                                this directory), generation (spec.json's restart generation at the
+                                launch), stop_requested, supervisor_pid, supervisor_start_time,
                                 requested_at, error
         stdout.log stderr.log   size-capped (spec log_max_bytes), rotated to *.log.1
         stdout.prev.log ...     the previous run's logs (`logs --previous`)
@@ -35,7 +36,7 @@ Identity of a workload is (boot_id, pid, start_time): a reused pid or a reboot i
 
 Verbs (VIEW = an allocation's view, see nodectl.py: alloc_id, status, stored_status, alive,
 supervisor_alive, pid, pgid, start_time, boot_id, started_at, finished_at, exit_code, signal,
-restarts, stop_requested, supervisor_pid, error):
+restarts, generation, stop_requested, supervisor_pid, error):
     start ID [--wait S]               VIEW + ok, already_running, confirmed (pid recorded in time)
     stop ID [--timeout S] [--signal SIG]
                                       VIEW + ok, was_running, stop_signal, escalated, left

@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import re
-import select
 import sys
 import time
 
@@ -248,48 +247,62 @@ def print_json(doc: object) -> None:
 class ChannelWatch:
     """Why a long-running verb (probe --stream, logs --follow) must end: stdin closed (the SSH channel
     is gone), the parent process changed (sshd or the shell died), or the optional duration passed.
-    A line arriving on stdin is a poke: `poked()` reports it once (the stream answers at once)."""
+    A line arriving on stdin is a poke: `poked()` reports it once (the stream answers at once).
 
-    def __init__(self, watch_stdin: bool = True, max_seconds: float = 0.0) -> None:
+    Stdin is read by a thread, so the end of the channel is seen even while the main thread is stuck
+    (a hung NVML call, a slow disk): the verb gets exit_after seconds to end by itself, then the
+    process exits. That is what lets a stream run without a watchdog process of its own."""
+
+    def __init__(self, watch_stdin: bool = True, max_seconds: float = 0.0, exit_after: float = 5.0) -> None:
         self.ppid = os.getppid()
         self.deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
-        self.poller = select.poll()
         self.watch_stdin = watch_stdin
+        self.exit_after = exit_after
         self.closed = ""
-        self.pokes = 0
+        self.pokes = 0  # written by the reader thread only
+        self._seen = 0  # pokes already reported by poked()
         if watch_stdin:
-            self.poller.register(0, select.POLLIN | select.POLLHUP | select.POLLERR)
+            import threading  # only the streaming verbs pay for it
+
+            self._wake = threading.Event()
+            threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
 
     def reason(self, wait_ms: int = 0) -> str:
-        """"" while the verb should go on; otherwise why it should stop. Waits up to wait_ms for stdin."""
-        if self.closed:
-            return self.closed
-        if os.getppid() != self.ppid:
+        """"" while the verb should go on; otherwise why it should stop. Waits up to wait_ms (less when
+        stdin has news)."""
+        if not self.closed and os.getppid() != self.ppid:
             self.closed = "parent process exited"
-        elif self.watch_stdin:
-            self._read_stdin(wait_ms)
-        elif wait_ms > 0:
-            time.sleep(wait_ms / 1000.0)
+        if not self.closed and wait_ms > 0:
+            if self.watch_stdin:
+                self._wake.wait(wait_ms / 1000.0)
+                self._wake.clear()
+            else:
+                time.sleep(wait_ms / 1000.0)
+            if os.getppid() != self.ppid:
+                self.closed = "parent process exited"
         if not self.closed and self.deadline is not None and time.monotonic() >= self.deadline:
             self.closed = "duration reached"
         return self.closed
 
-    def _read_stdin(self, wait_ms: int) -> None:
-        for _, events in self.poller.poll(wait_ms):
-            if events & select.POLLIN:
-                try:
-                    data = os.read(0, 4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    self.closed = "stdin closed"
-                self.pokes += data.count(b"\n")
-            elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                self.closed = "stdin closed"
+    def _read_stdin(self) -> None:
+        while True:
+            try:
+                data = os.read(0, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self.pokes += data.count(b"\n")
+            self._wake.set()
+        self.closed = self.closed or "stdin closed"
+        self._wake.set()
+        time.sleep(self.exit_after)  # the main thread had its chance to end cleanly
+        os._exit(0)
 
     def poked(self) -> bool:
         """Whether a line arrived on stdin since the last call."""
-        if self.pokes:
-            self.pokes = 0
+        pokes = self.pokes
+        if pokes != self._seen:
+            self._seen = pokes
             return True
         return False

@@ -3,8 +3,9 @@
 An allocation's view (the `status` and `probe` entry, also merged into start/stop answers):
   alloc_id, status (observed: pending|starting|running|exited|stopped|fenced|lost|absent),
   stored_status, alive (workload pid + start_time still match in this boot), supervisor_alive, pid,
-  pgid, start_time, boot_id, started_at, finished_at, exit_code, signal, restarts, stop_requested,
-  supervisor_pid, error.
+  pgid, start_time, boot_id, started_at, finished_at, exit_code, signal, restarts, generation (the
+  controller's restart generation of the current run, from its spec.json), stop_requested, supervisor_pid,
+  error.
 "lost" means state.json says starting/running but neither the workload nor its supervisor is alive
 (node rebooted, supervisor killed); "pending" means spec.json was pushed but never started.
 """
@@ -71,6 +72,7 @@ def alloc_view(paths: AllocPaths, state=None, boot=None) -> dict:
     if stored in LIVE_STATUSES and not view["alive"] and not view["supervisor_alive"]:
         view["status"] = "lost"
     view["restarts"] = int(state.get("restarts") or 0)
+    view["generation"] = int(state.get("generation") or 0)
     view["stop_requested"] = bool(state.get("stop_requested"))
     return view
 
@@ -79,7 +81,7 @@ def alloc_view(paths: AllocPaths, state=None, boot=None) -> dict:
 def start(root: str, alloc_id: str, wait_s: float = 2.0) -> dict:
     """Start the allocation's supervisor unless that allocation already runs (idempotent by id)."""
     paths = AllocPaths(root, alloc_id)
-    load_spec(paths)
+    generation = int(load_spec(paths)["generation"])
     warning = load_secrets(paths)[1]  # validated here so a bad file is an error now, not a dead launch
     if warning:
         append_event(paths, "warning", detail=warning)
@@ -91,7 +93,7 @@ def start(root: str, alloc_id: str, wait_s: float = 2.0) -> dict:
                 view.update(ok=True, already_running=True, confirmed=view["alive"])
                 return view
             if not view["supervisor_alive"]:
-                state = _launch(paths)
+                state = _launch(paths, generation)
                 break
         if time.monotonic() >= deadline:  # the previous run's supervisor is still cleaning up
             raise NodeError(f"allocation {alloc_id}: the previous run's supervisor (pid {view['supervisor_pid']}) is "
@@ -104,7 +106,7 @@ def start(root: str, alloc_id: str, wait_s: float = 2.0) -> dict:
     return view
 
 
-def _launch(paths: AllocPaths) -> dict:
+def _launch(paths: AllocPaths, generation: int = 0) -> dict:
     """Spawn the detached supervisor, then record the launch in state.json in one write (call under
     the lock: the supervisor's own first state write waits for it)."""
     restarts = int(read_state(paths).get("restarts") or 0) + 1
@@ -120,8 +122,8 @@ def _launch(paths: AllocPaths) -> dict:
     proc.returncode = 0  # never waited for here: it outlives this command
     stat = read_stat(proc.pid)
     state = dict.fromkeys(VIEW_KEYS)
-    state.update(alloc_id=paths.alloc_id, status="starting", restarts=restarts, stop_requested=False,
-                 boot_id=boot_id(), requested_at=time.time(), supervisor_pid=proc.pid,
+    state.update(alloc_id=paths.alloc_id, status="starting", restarts=restarts, generation=generation,
+                 stop_requested=False, boot_id=boot_id(), requested_at=time.time(), supervisor_pid=proc.pid,
                  supervisor_start_time=stat["start_ticks"] if stat else None)
     write_json(paths.state, state)
     return state

@@ -13,6 +13,8 @@ spec.json (written by the controller, no secrets):
   health        {"type": "http", "port", "path", "host"} | {"type": "tcp", "port", "host"} |
                 {"type": "command", "argv" | "command"}; plus "timeout" (2 s) and "interval" (0 s)
   log_max_bytes size cap of each log file before it rotates to .1 (default 10 MiB)
+  generation    the controller's restart generation of this launch (default 0); `start` keeps it in
+                state.json, so a controller restarted after a crash sees a restart already applied
 env.secret (0600): a JSON object {NAME: "value"} read by the supervisor only.
 """
 
@@ -52,6 +54,7 @@ def load_spec(paths: AllocPaths) -> dict:
         "stop_signal": _signal(raw.get("stop_signal", "SIGTERM"), problems),
         "stop_timeout": _number(raw, "stop_timeout", DEFAULT_STOP_TIMEOUT, problems),
         "lease_ttl": _number(raw, "lease_ttl", 0.0, problems),
+        "generation": int(_number(raw, "generation", 0, problems, minimum=0)),
         "log_max_bytes": int(_number(raw, "log_max_bytes", DEFAULT_LOG_MAX_BYTES, problems, minimum=100)),
         "health": _health(raw.get("health"), problems),
     }

@@ -18,7 +18,7 @@ from deployer.spec import load_job
 from deployer.store import Store
 from tests.integration.transportkit import fast_settings
 
-FAST = ControllerSettings(probe_interval=0.3, max_pass_interval=0.3, stale_after=2.0, install_timeout=30.0)
+FAST = ControllerSettings(probe_interval=0.3, max_pass_interval=0.3, stale_after=2.0)
 
 # Lists {alloc_id: [pid, ...]} of the workload processes on a host (health checks left out), from
 # /proc/*/environ: what really runs there, whatever the state files say.

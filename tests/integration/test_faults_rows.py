@@ -24,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from deployer.controller import ControllerSettings
-from deployer.models import NODE_READY, RestartPolicy
+from deployer.inventory import load_inventory
+from deployer.models import NODE_READY, Allocation, RestartPolicy
+from deployer.nodeclient import Launch, NodeClient
 from deployer.reconcile import backoff
+from deployer.reconcile_jobs import allocation_version
+from deployer.spec import load_job
 from deployer.store import Store
+from deployer.transport import Pool
 from tests.fakenvml.plugin import FakeNvml
 from tests.integration.controllerkit import (
     FAST,
@@ -40,6 +45,7 @@ from tests.integration.controllerkit import (
     submit,
     write_spec,
 )
+from tests.integration.transportkit import fast_settings
 
 MakeFleet = Callable[..., Any]
 HERE = Path(__file__).resolve().parent
@@ -62,9 +68,9 @@ ROWS: dict[int, list[tuple[str, str]]] = {
     8: [(C_FLEET, "test_f08_dead_host_is_replaced_after_the_grace"),
         (ROWS_FILE, "test_f08_dead_node_is_lost_after_the_grace_and_frees_its_gpus_and_ports")],
     9: [(C_FAULTS, "test_f09_rebooted_node_restarts_its_allocations_at_once_in_place")],
-    # the randomized kill test (test_controller_kill_random.py) is out of the suite until the runs it
-    # found not converging are fixed: see the commit that removed it
-    10: [(C_FLEET, "test_f10_controller_sigkilled_mid_push_leaves_no_duplicate_and_a_later_push_converges")],
+    10: [(C_FLEET, "test_f10_controller_sigkilled_mid_push_leaves_no_duplicate_and_a_later_push_converges"),
+         (KILLS, "test_f10_random_controller_sigkills_during_push_and_healing_converge_to_one_copy_each"),
+         (ROWS_FILE, "test_f10_restart_launched_by_a_controller_killed_before_recording_it_is_not_applied_again")],
     11: [(C_FAULTS, "test_f11_controller_restart_on_a_healthy_fleet_restarts_nothing")],
     12: [(C_FAULTS, "test_f12_connection_cut_mid_launch_leaves_one_copy"),
          (C_FAULTS, "test_f12_launch_cut_after_the_files_were_pushed_is_started_once")],
@@ -127,6 +133,14 @@ def _events(store: Store, alloc: str | None = None, after: int = 0) -> list[Any]
 
 def _record(store: Store, alloc_id: str) -> Any:
     return next((a for a in store.allocations() if a.id == alloc_id), None)
+
+
+async def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.1)
+    return value
 
 
 async def _passes(rc: RunningController, n: int) -> None:
@@ -280,6 +294,42 @@ async def test_f08_dead_node_is_lost_after_the_grace_and_frees_its_gpus_and_port
         assert _record(rc.store, old.id).observed_status == "lost", "the lost record changed after the return"
         assert copies(fleet, "train") == {new.id: [other.name], placed.id: [dead.name]}
         assert alloc_state(fleet, dead.name, old.id)["restarts"] == 1, "the lost allocation was started again"
+
+
+# --- F10, deterministic: the restart launched by a controller that died before recording it -------------
+
+
+async def test_f10_restart_launched_by_a_controller_killed_before_recording_it_is_not_applied_again(
+        make_fleet: MakeFleet, tmp_path: Path) -> None:
+    """The window the randomized kill test hits by chance: the node ran the restart's launch, the controller
+    died before its transaction. The next controller must see the restart done (the node keeps the run's
+    generation), record it and apply the intent, and never launch it a second time."""
+    fleet = make_fleet(2)
+    inventory, state = fleet.write_inventory(tmp_path / "inv.yaml"), tmp_path / "state.db"
+    path = write_spec(tmp_path, "web", 'kind: service\ncommand: [sleep, "3600"]\n' + SMALL)
+    spec = load_job(path)
+    alloc = Allocation("web-0-c0ffee", "web", "h02", job_version=allocation_version(spec), cpus=spec.resources.cpus,
+                       memory=spec.resources.memory, observed_status="running", created_at=time.time())
+    with Store.open(state) as store:  # ran at generation 0; then `flex restart web` (generation 1)
+        submit(store, path)
+        store.save_allocation(alloc, launched_generation=0)
+        intent = store.request_restart("web", "oncall@test")
+    hosts = {h.name: h for h in load_inventory(inventory).hosts}
+    async with Pool(list(hosts.values()), fast_settings(tmp_path)) as pool:  # the dead controller's launch
+        client = NodeClient(pool, hosts["h02"])
+        await client.install()
+        assert (await client.launch(Launch(alloc.id, spec, generation=1))).get("ok")
+    async with RunningController(inventory, state, tmp_path) as rc:
+        await rc.until(lambda: not rc.store.pending_intents() and _record(rc.store, alloc.id).observed_status ==
+                       "running", 30, "the intent applied")
+        await _passes(rc, 10)
+        kinds = [e.kind for e in _events(rc.store, alloc.id)]
+        assert "adopted" in kinds and "restarting" not in kinds, kinds
+        assert rc.store.launched_generations()[alloc.id] == 1 and not rc.store.due_restarts()
+        applied = next(i for i in rc.store.intents() if i.id == intent.id)
+        assert applied.applied_at is not None and applied.result == "restarted"
+    assert alloc_state(fleet, "h02", alloc.id)["restarts"] == 1, "the restart was applied a second time"
+    assert copies(fleet, "web-") == {alloc.id: ["h02"]}
 
 
 # --- F17 ------------------------------------------------------------------------------------------------
@@ -444,6 +494,8 @@ async def test_f24_cli_writers_controller_and_readers_at_once_lock_nothing_and_l
     threads = [threading.Thread(target=_status_reader, args=(env, inventory, stop, readers)),
                threading.Thread(target=_console_reader, args=(inventory, state, stop, console))]
     try:
+        with Store.open(state) as store:  # the daemon holds the lease: push hands the job to it
+            await _until(lambda: store.lease_holder(time.time()), 60, "the controller holds the lease")
         pushed = await asyncio.to_thread(flex, "push", str(inventory), str(spec), "--timeout", "60", env=env)
         assert pushed.returncode == 0 and "handed to the running controller" in pushed.stdout, pushed
         for thread in threads:

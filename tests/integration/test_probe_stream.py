@@ -36,6 +36,9 @@ async def stream_sees_exit(fleet: Any, tmp_path: Path) -> tuple[float, Any, int]
         launched = asyncio.Event()
         watcher = asyncio.create_task(first_exit(client, "quick.0.s1", launched))
         await asyncio.wait_for(launched.wait(), 20)  # the stream's first document arrived
+        # one process on the node: flexnode reads the channel itself, no watchdog interpreter beside it
+        ps = fleet.hosts[0].exec(["ps", "-eo", "args="], check=True).stdout.splitlines()
+        assert len([p for p in ps if "probe --stream" in p]) == 1 and not any("-I -S -c" in p for p in ps), ps
         job = JobSpec(name="quick", command=("/bin/sh", "-c", "sleep 0.5; exit 3"))
         await client.launch(Launch("quick.0.s1", job))
         started = time.monotonic()

@@ -109,3 +109,39 @@ async def test_local_install_launch_probe_stop(tmp_path: Path) -> None:
         assert stopped["ok"] and stopped["was_running"] and not stopped.get("left"), stopped
         after = (await client.status("loc-1"))["allocations"]["loc-1"]
         assert not after["alive"] and after["status"] == "stopped", after
+
+
+async def test_a_verb_or_a_stream_installs_the_runtime_only_where_it_is_missing(tmp_path: Path) -> None:
+    """No hash check before every session: the verbs run at once, and install when the node lacks the
+    runtime (fresh node, another version, a removed file)."""
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        assert (await client.probe()).status == "ready" and client.installs == 1  # fresh node
+        assert (await client.probe()).status == "ready" and client.installs == 1  # nothing checked again
+        runtime = Path(await client.runtime_dir())
+        (runtime / "nodeprobe.py").unlink()  # a broken runtime is repaired, not reported as the node's state
+        assert (await client.probe()).status == "ready" and client.installs == 2
+        import shutil
+
+        shutil.rmtree(root / "runtime")
+        fresh = NodeClient(pool, host)
+        stream = fresh.probe_stream(interval=30)
+        first = await asyncio.wait_for(stream.__anext__(), 20)
+        assert first.status == "ready" and fresh.installs == 1
+        await stream.aclose()
+
+
+async def test_the_probe_stream_answers_a_poke_and_needs_no_watchdog(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        await client.install()
+        argv = await client._argv("probe", "--stream", "--interval", "30")
+        async with pool.stream(host, argv, watches_stdin=True) as lines:
+            first = json.loads(await asyncio.wait_for(lines.__anext__(), 20))
+            await lines.send(b"\n")
+            second = json.loads(await asyncio.wait_for(lines.__anext__(), 5))  # long before the interval
+            assert (first["trigger"], second["trigger"]) == ("start", "request")

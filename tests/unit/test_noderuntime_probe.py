@@ -243,6 +243,22 @@ def test_the_stream_answers_a_line_on_stdin_and_ends_when_stdin_closes(node: Nod
     assert stream.proc.wait(timeout=2) == 0
 
 
+def test_a_stream_stuck_in_a_call_still_exits_when_its_channel_closes(node: Node) -> None:
+    """The stream runs without a watchdog process: when stdin closes while the main thread hangs (a hung
+    NVML call), the reader thread ends the process after exit_after seconds."""
+    stuck = (f"import sys, time; sys.path.insert(0, {str(node.runtime)!r}); from nodecommon import ChannelWatch; "
+             "w = ChannelWatch(exit_after=0.3); print('hung', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([node.python, "-c", stuck], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"hung\n"
+        proc.stdin.close()
+        assert proc.wait(timeout=5) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_stream_ends_when_its_reader_goes_away(node: Node) -> None:
     proc = subprocess.Popen(node.argv("probe", "--stream", "--interval", "0.2"), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -43,6 +43,16 @@ def test_starting_a_running_allocation_again_is_a_no_op_with_the_same_pid(node: 
     assert again["start_time"] == first["start_time"] and node.state("web-1")["restarts"] == 1
 
 
+def test_the_restart_generation_of_a_launch_is_kept_with_its_run(node: Node) -> None:
+    node.start("web-1", argv=["sleep", "30"], generation=3)  # what the controller restarted it for (F10)
+    assert node.state("web-1")["generation"] == 3
+    assert node.run("status", "web-1")["allocations"]["web-1"]["generation"] == 3
+    node.run("stop", "web-1", "--timeout", "2")
+    node.spec("web-1", argv=["sleep", "30"], generation=4)
+    node.run("start", "web-1")
+    assert node.state("web-1")["generation"] == 4 and node.state("web-1")["restarts"] == 2
+
+
 def test_an_exit_code_is_recorded_with_its_events(node: Node) -> None:
     node.start("batch-1", command="echo working; echo broken >&2; exit 3")
     state = node.wait_status("batch-1", "exited")
