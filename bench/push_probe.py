@@ -134,11 +134,12 @@ class MeteredTransport:
                   env: Mapping[str, str] | None = None) -> Result:
         return await self.pool.run(host, argv, timeout=timeout, input=input, env=env)
 
-    def stream(self, host: Any, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Any:
-        return self.pool.stream(host, argv, env=env)
+    def stream(self, host: Any, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               watches_stdin: bool = False) -> Any:
+        return self.pool.stream(host, argv, env=env, watches_stdin=watches_stdin)
 
-    async def sync(self, host: Any, files: Sequence[Any]) -> SyncResult:
-        result = await self.pool.sync(host, files)
+    async def sync(self, host: Any, files: Sequence[Any], *, fresh: bool = False) -> SyncResult:
+        result = await self.pool.sync(host, files, fresh=fresh)
         self.bytes_sent[result.host] = self.bytes_sent.get(result.host, 0) + result.bytes_sent
         self.files_changed[result.host] = self.files_changed.get(result.host, 0) + len(result.changed)
         return result

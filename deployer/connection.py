@@ -269,8 +269,9 @@ class Connection(Protocol):
         without the node-side watchdog (one interpreter fewer per stream)."""
         ...
 
-    async def sync(self, files: Sequence[FileLike]) -> SyncResult:
-        """Place files by sha256: only changed ones travel; temp file + fsync + rename."""
+    async def sync(self, files: Sequence[FileLike], *, fresh: bool = False) -> SyncResult:
+        """Place files by sha256: only changed ones travel; temp file + fsync + rename. fresh: the
+        caller knows the targets are absent (a new directory): all travel, no checksum command first."""
         ...
 
     async def close(self) -> None:

@@ -106,9 +106,9 @@ class LocalConnection:
             raise
         return LocalStream(self.name, proc, self.settings.kill_after, self._slots.release)
 
-    async def sync(self, files: Sequence[FileLike]) -> SyncResult:
+    async def sync(self, files: Sequence[FileLike], *, fresh: bool = False) -> SyncResult:
         """Place files by sha256 with the same helper script as over SSH."""
-        return await sync_files(self, files, self.settings)
+        return await sync_files(self, files, self.settings, fresh=fresh)
 
     async def close(self) -> None:
         """Nothing to close for a local host."""

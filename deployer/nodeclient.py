@@ -48,6 +48,9 @@ class Launch:
     # the restart generation this launch applies: the node keeps it with the run, so a controller that
     # restarts after a SIGKILL sees a restart already done (never applies one twice)
     generation: int = 0
+    # a new allocation id: its directory cannot exist yet, so its files travel without a checksum
+    # command first (always correct: at worst identical bytes are written again)
+    fresh: bool = False
 
 
 def allocation_spec(launch: Launch, node: str) -> dict[str, Any]:
@@ -121,15 +124,16 @@ class NodeClient:
         """Where this controller's runtime version lives on the node."""
         return posixpath.join(await self.root(), "runtime", self._runtime_id)
 
-    async def install(self) -> bool:
-        """Push the node runtime (and pynvml.py) by checksum; True when any file travelled.
+    async def install(self, *, missing: bool = False) -> bool:
+        """Push the node runtime (and pynvml.py) by checksum; True when any file travelled. missing: the
+        node said it lacks this runtime, so every file travels without a checksum command first.
 
         The entry point goes last in the batch, so it exists only once every other file does (the
         verbs rely on that: see runtime_missing)."""
         target = await self.runtime_dir()
         ordered = sorted(self._files, key=lambda f: f.name == ENTRY_POINT)
         files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in ordered]
-        result = await self.transport.sync(self.host, files)
+        result = await self.transport.sync(self.host, files, fresh=missing)
         self.installs += 1
         return bool(result.changed)
 
@@ -148,14 +152,14 @@ class NodeClient:
         argv = await self._argv(*args)
         result = await self.transport.run(self.host, argv, timeout=timeout)
         if runtime_missing(result.exit_status, result.stderr):
-            await self.install()
+            await self.install(missing=True)
             result = await self.transport.run(self.host, argv, timeout=timeout)
         return _document(self.host.name, result)
 
     async def launch(self, launch: Launch, secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Push the allocation's files by checksum, then start it (a no-op when it already runs)."""
         alloc_dir = posixpath.join(await self.root(), "allocs", launch.alloc_id)
-        await self.transport.sync(self.host, self._allocation_files(launch, alloc_dir, secrets))
+        await self.transport.sync(self.host, self._allocation_files(launch, alloc_dir, secrets), fresh=launch.fresh)
         return await self.verb("start", launch.alloc_id)
 
     def _allocation_files(self, launch: Launch, alloc_dir: str, secrets: Mapping[str, str] | None) -> list[PushFile]:
@@ -219,7 +223,7 @@ class NodeClient:
                 missing = runtime_missing(lines.exit_status, "\n".join(lines.stderr_tail))
             if not missing or attempt == 2:
                 return
-            await self.install()
+            await self.install(missing=True)
 
 
 def runtime_missing(exit_status: int | None, stderr: str) -> bool:

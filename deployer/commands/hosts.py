@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from deployer.commands import DEFAULT_INVENTORY, default_inventory, emit, emit_json
@@ -32,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch each host's key and record it when none is known; a changed key is refused (exit 3)."""
+    import asyncio
+
     from deployer.errors import ConfigError
     from deployer.inventory import load_inventory
 
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _trust_all(inventory: Any, names: list[str]) -> dict[str, str | Exception]:
+    import asyncio
+
     from deployer.errors import TransportError
     from deployer.transport import Pool
 

@@ -11,7 +11,6 @@ until the workload ends (exit 0, after `-- ended: exit N`) or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the logs (and follow them with -f); exit 0, 2 unknown target, 3 node unreachable."""
+    import asyncio
+
     from deployer.errors import ConfigError
     from deployer.inventory import load_inventory
 

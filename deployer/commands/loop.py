@@ -3,7 +3,6 @@ running one, until the verb's goal is reached or time runs out. Used by `flex pu
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,8 @@ async def drive(inventory: Any, store: Any, goal: Callable[[Any], bool], *, time
     """Until goal(controller or None) is true or timeout passes; returns how: "ran the loop here" or
     "handed to the running controller". goal gets the in-process controller (None when waiting for
     another), so it can also require that no operation is in flight."""
+    import asyncio
+
     from deployer.controller import Controller, ControllerBusy, live_lease_holder
 
     deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ unreachable or untrusted host is a row with the reason and the fix, never a trac
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from deployer.commands import DEFAULT_INVENTORY, default_inventory, emit, emit_json
@@ -24,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Probe the hosts concurrently; exit 0 when all answered, 3 when any could not be probed."""
+    import asyncio
+
     from deployer.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)

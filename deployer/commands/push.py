@@ -9,7 +9,6 @@ detached on the nodes). Exit 0 converged, 1 not converged (the failing jobs are 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Submit the jobs and converge; the exit code says whether they got there."""
+    import asyncio
+
     from deployer.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)

@@ -32,8 +32,8 @@ class RecordingPool(Pool):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.syncs: list[SyncResult] = []
 
-    async def sync(self, host: str | Host, files: Sequence[FileLike]) -> SyncResult:
-        result = await super().sync(host, files)
+    async def sync(self, host: str | Host, files: Sequence[FileLike], *, fresh: bool = False) -> SyncResult:
+        result = await super().sync(host, files, fresh=fresh)
         self.syncs.append(result)
         return result
 

@@ -63,6 +63,29 @@ async def test_first_push_sends_everything_second_sends_nothing(node: tuple[Pool
     assert (root / "secrets" / "token").read_bytes() == SECRET
 
 
+async def test_a_fresh_push_skips_the_checksum_command_and_writes_everything(
+        node: tuple[Pool, Host, SshTestServer | None], tmp_path: Path) -> None:
+    """fresh=True (a new allocation directory): one command, every file sent, even over an identical
+    target (always correct: at worst the same bytes are written again)."""
+    pool, host, _ = node
+    root = tmp_path / "root"
+    files = bundle(root, tmp_path)
+    await pool.sync(host, files)
+    commands: list[list[str]] = []
+    conn = pool.connection(host)
+    run = conn.run
+
+    async def counted(argv: list[str], **kwargs: object) -> object:
+        commands.append(list(argv))
+        return await run(argv, **kwargs)  # type: ignore[arg-type]
+
+    conn.run = counted  # type: ignore[method-assign]
+    again = await pool.sync(host, files, fresh=True)
+    assert len(commands) == 1 and sorted(again.changed) == sorted(f.remote_path for f in files), commands
+    assert (root / "secrets" / "token").read_bytes() == SECRET and temp_leftovers(root) == []
+    assert (await pool.sync(host, files)).changed == ()
+
+
 async def test_modes_are_kept_and_secrets_are_0600(node: tuple[Pool, Host, SshTestServer | None], tmp_path: Path) -> None:
     pool, host, _ = node
     root = tmp_path / "root"

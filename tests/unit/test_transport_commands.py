@@ -251,3 +251,22 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEX_INSECURE_HOST_KEYS", "1")
     assert TransportSettings.from_env(connect_timeout=2).insecure_accept_new
     assert TransportSettings.from_env(connect_timeout=2).connect_timeout == 2
+
+
+def test_aes_gcm_is_preferred_unless_the_ssh_config_names_ciphers(tmp_path: Path) -> None:
+    from asyncssh.encryption import get_default_encryption_algs
+
+    from deployer.sshconnection import preferred_ciphers
+
+    named, plain = tmp_path / "named", tmp_path / "plain"
+    named.write_text("Host *\n  Ciphers aes256-ctr\n")
+    plain.write_text("Host *\n  ServerAliveInterval 5\n")
+    assert preferred_ciphers(str(named)) is None  # the operator's choice wins: flex passes no list
+    order = preferred_ciphers(str(plain))
+    has_aes = any(line.startswith(("flags", "Features")) and " aes " in f" {line.split(':', 1)[-1]} "
+                  for line in Path("/proc/cpuinfo").read_text().splitlines())
+    if has_aes:
+        assert order is not None and order[0] == "aes128-gcm@openssh.com"
+        assert sorted(order) == sorted(a.decode() for a in get_default_encryption_algs())  # reordered, not narrowed
+    else:
+        assert order is None
