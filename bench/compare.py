@@ -15,7 +15,10 @@ starts with tool r mod 3, so that machine drift hits every tool alike):
   database is deleted, ansible's ControlPersist sockets are removed: fresh hosts for every tool;
 - ``cold``: the reference workload pushed from nothing (the tool's own CLI, a subprocess);
 - ``nochange``: the same push right after (nothing uploaded, nothing restarted: checked);
-- ``probe``: one round reading load and memory of every host.
+- ``probe``: one round reading load and memory of every host (the tool's CLI, one-shot);
+- ``streams`` (flex only): a probe round as flex's controller does it, over the probe streams it
+  keeps open (``bench/probe_round.py``: every stream poked, every fresh document back; the median of
+  10 rounds). The peers keep nothing open between runs, so they have no such row.
 
 The reference workload per host: create the app directory, upload a 1 MiB file and a small HTTP
 server script (only when changed), start the server detached (unless it runs), check that it
@@ -57,9 +60,10 @@ from bench.push_probe import PAYLOAD_BYTES, clean_shell_rc, fmt_s, machine_info,
 
 BENCH = Path(__file__).resolve().parent
 PEERS = BENCH / "peers"
+REPO = BENCH.parent
 DEFAULT_VENV = BENCH / ".venv-peers"
 PEER_PACKAGES = ("ansible-core", "pyinfra", "py-spy")
-SCENARIOS = ("cold", "nochange", "probe")
+SCENARIOS = ("cold", "nochange", "probe", "streams")  # streams: flex only (see Flex.round)
 RUN_TIMEOUT = 600.0
 FLEX_PORT, ANSIBLE_PORT, PYINFRA_PORT = 8080, 8081, 8082  # per-host network namespaces: no clash
 FLEX_ALLOCS = "allocs"  # under the flex root: allocs/<alloc id>/{blob.bin,server.py,...}
@@ -281,6 +285,25 @@ class Flex(Tool):
             problems.append("cold push printed 'no changes'")
         return problems
 
+    def round(self, scenario: str, rnd: int) -> Sample:
+        if scenario != "streams":
+            return super().round(scenario, rnd)
+        argv = [sys.executable, "-m", "bench.probe_round", self.inventory, "--rounds", "10", "--json"]
+        load1 = loadavg()[0]
+        _, _, done = run_timed(argv, env=self.env, cwd=REPO)
+        sample = Sample(self.name, scenario, self.n, rnd, 0.0, 0.0, load1, done.returncode)
+        try:
+            result = json.loads(done.stdout)
+            sample.wall_s, sample.cpu_s = result["median_s"], statistics.median(result["cpu_s"])
+        except (ValueError, KeyError) as exc:
+            sample.problems.append(f"probe_round output: {exc}")
+        if done.returncode != 0:
+            sample.problems.append(f"exit status {done.returncode}")
+        sample.ok = not sample.problems
+        if sample.problems:
+            sample.output_tail = (done.stdout[-3000:] + "\n--- stderr ---\n" + done.stderr[-3000:]).strip()
+        return sample
+
     def check_probe(self, done: subprocess.CompletedProcess[str]) -> list[str]:
         try:
             doc = json.loads(done.stdout)
@@ -475,6 +498,8 @@ def bench_fleet(fleet: Any, tools: Sequence[Tool], rounds: int, scenarios: Seque
                 t.reset()
             time.sleep(0.5)  # let the reboot's own CPU settle
             for scenario in SCENARIOS:
+                if scenario == "streams" and not isinstance(tool, Flex):
+                    continue  # the peers keep no connection open between runs
                 if scenario == "cold" or scenario in scenarios:  # the others need the cold push first
                     report(tool.round(scenario, rnd))
 
@@ -522,6 +547,7 @@ TARGETS = (  # (scenario, N, peer or None, the floor: peer/flex speedup, or flex
     ("cold", 30, "pyinfra", 2.0),
     ("nochange", 30, "pyinfra", 2.0),
     ("probe", 30, None, 0.3),
+    ("streams", 30, None, 0.3),
 )
 
 
@@ -584,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per tool (default 3)")
     parser.add_argument("--tools", default="flex,ansible,pyinfra", help=f"comma-separated, of: {', '.join(TOOLS)}")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated, of: cold,nochange,probe (cold always runs: the others need it)")
+                        help="comma-separated, of: cold,nochange,probe,streams (cold always runs: the others need it)")
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "compare.json",
                         help="result file (default bench/results/compare.json)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,

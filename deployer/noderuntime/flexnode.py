@@ -28,7 +28,7 @@ Layout on the node:
         stdout.log stderr.log   size-capped (spec log_max_bytes), rotated to *.log.1
         stdout.prev.log ...     the previous run's logs (`logs --previous`)
         events.jsonl            append-only {ts (node wall clock), alloc_id, event, ...}
-        health.json             last health result {ok, detail, checked_at, failures}
+        health.json             last health result {ok, detail, checked_at, failures, last_ok_at}
         supervisor.log          the supervisor's own stderr (tracebacks only)
         .lock                   flock serializing start, stop, gc and state writes
 
@@ -61,7 +61,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 
 from nodecommon import VERSION, AllocPaths, ChannelWatch, NodeError, print_json
 
@@ -226,6 +225,7 @@ def main(argv=None) -> int:
         _silence_stdout()
         return 0
     except Exception as exc:  # noqa: BLE001 - a traceback is never the answer; stderr keeps it
+        import traceback  # only on this path: 3-5 ms of import on every verb otherwise
         traceback.print_exc()
         _emit_error({"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
                      "code": "internal"})

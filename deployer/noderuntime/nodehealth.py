@@ -1,49 +1,85 @@
 """Health checks of running allocations, run on the node by the probe (python3 3.8+, stdlib only).
 
-http: GET http://HOST:PORT/PATH, 2xx/3xx is ok (redirects are not followed); tcp: connect; command:
-exit 0 (its own session, killed with its whole group on timeout). Every check is bounded by its
-timeout and the checks of one probe run in parallel threads. A result is
-{ok, detail, checked_at, failures}; failures counts consecutive failures and lives in health.json
-next to the allocation, with the last result (reused while younger than the check's interval).
+http: GET http://HOST:PORT/PATH (HTTP/1.0 on a plain socket), 2xx/3xx is ok (redirects are not
+followed); tcp: connect; command: exit 0 (its own session, killed with its whole group on timeout).
+Every check is bounded by its timeout and the checks of one probe run in parallel threads. A result is
+{ok, detail, checked_at, failures, last_ok_at}; failures counts consecutive failures and last_ok_at is
+the time of the last success. The last result lives in health.json next to the allocation (the
+supervisor removes it at each launch) and is reused while younger than the check's interval, except a
+failure of an allocation that has not passed its check since it started: that one is checked again
+after FIRST_SUCCESS_RECHECK_S, so a server that starts listening is seen at the next document.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
+import sys
 import threading
 import time
 
 from nodecommon import AllocPaths, read_json, write_json
 
 DETAIL_MAX = 200
+STATUS_LINE_MAX = 4096
+FIRST_SUCCESS_RECHECK_S = 0.2
 
 
 def check_http(check: dict) -> tuple:
-    """(ok, detail) of one HTTP GET."""
-    import http.client  # only where an http check runs: it costs 25 ms of import
-    conn = http.client.HTTPConnection(check["host"], check["port"], timeout=check["timeout"])
-    try:
-        conn.request("GET", check["path"], headers={"User-Agent": "flex-health", "Connection": "close"})
-        response = conn.getresponse()
-        response.read(4096)
-        ok = 200 <= response.status < 400
-        return ok, f"HTTP {response.status} {response.reason}"
-    finally:
-        conn.close()
+    """(ok, detail) of one HTTP GET: the status line only. A plain socket rather than http.client,
+    whose import (email, ssl: 25-35 ms) every probe of the node would pay."""
+    import socket  # only where a socket check runs
+    deadline = time.monotonic() + check["timeout"]
+    request = (f"GET {request_target(check['path'])} HTTP/1.0\r\nHost: {host_header(check['host'], check['port'])}\r\n"
+               "User-Agent: flex-health\r\nConnection: close\r\n\r\n")
+    with socket.create_connection((check["host"], check["port"]), timeout=check["timeout"]) as sock:
+        sock.sendall(request.encode("ascii"))
+        head = b""
+        while b"\n" not in head and len(head) < STATUS_LINE_MAX:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no status line in time")
+            sock.settimeout(remaining)
+            chunk = sock.recv(STATUS_LINE_MAX)
+            if not chunk:
+                break
+            head += chunk
+    return parse_status_line(head)
+
+
+def request_target(path: str) -> str:
+    """The path as it goes on the request line: bytes outside printable ASCII percent-encoded (UTF-8)."""
+    return "".join(c if " " < c < "\x7f" else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in path)
+
+
+def host_header(host: str, port: int) -> str:
+    """The Host header's value: host:port, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_status_line(head: bytes) -> tuple:
+    """(ok, detail) from the first bytes of an HTTP response: 2xx and 3xx are ok, "HTTP 200 OK"."""
+    if not head:
+        return False, "connection closed without a response"
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or len(code) != 3 or not (code.isascii() and code.isdigit()):
+        return False, f"not an HTTP response: {line[:80]!r}"
+    status = int(code)
+    return 200 <= status < 400, f"HTTP {status} {reason.strip()}".rstrip()
 
 
 def check_tcp(check: dict) -> tuple:
     """(ok, detail) of one TCP connect."""
-    sock = socket.create_connection((check["host"], check["port"]), timeout=check["timeout"])
-    sock.close()
+    import socket  # only where a socket check runs
+    socket.create_connection((check["host"], check["port"]), timeout=check["timeout"]).close()
     return True, f"connected to {check['host']}:{check['port']}"
 
 
 def check_command(check: dict, env: dict, cwd: str) -> tuple:
     """(ok, detail) of one command run; exit 0 is ok."""
+    import subprocess  # only where a command check runs
     proc = subprocess.Popen(check["argv"], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     try:
@@ -74,11 +110,17 @@ def run_check(check: dict, env: dict, cwd: str) -> dict:
             ok, detail = check_tcp(check)
         else:
             ok, detail = check_command(check, env, cwd)
-    except (socket.timeout, TimeoutError):  # noqa: UP041 - distinct classes before Python 3.10
-        ok, detail = False, f"timed out after {check['timeout']:g} s"
-    except Exception as exc:  # noqa: BLE001 - OSError, http.client.HTTPException, ValueError...
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError...
+        ok, detail = False, error_detail(exc, check["timeout"])
     return {"ok": bool(ok), "detail": str(detail)[:DETAIL_MAX], "checked_at": time.time()}
+
+
+def error_detail(exc: Exception, timeout: float) -> str:
+    """The detail of a check that raised: "timed out after N s", else the exception's type and text."""
+    socket = sys.modules.get("socket")  # socket.timeout is not TimeoutError before Python 3.10
+    if isinstance(exc, TimeoutError) or (socket is not None and isinstance(exc, socket.timeout)):
+        return f"timed out after {timeout:g} s"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def check_env(paths: AllocPaths, spec: dict) -> dict:
@@ -91,10 +133,12 @@ def check_env(paths: AllocPaths, spec: dict) -> dict:
 
 
 def record(paths: AllocPaths, result: dict) -> dict:
-    """Store a result in health.json with the consecutive failure count; returns the stored result."""
+    """Store a result in health.json with the consecutive failure count and the time of the last
+    success; returns the stored result."""
     previous = _stored(paths)
     failures = 0 if result["ok"] else int(previous.get("failures") or 0) + 1
-    stored = dict(result, failures=failures)
+    last_ok_at = result["checked_at"] if result["ok"] else previous.get("last_ok_at")
+    stored = dict(result, failures=failures, last_ok_at=last_ok_at)
     try:
         write_json(paths.health, stored, durable=False)
     except OSError:
@@ -110,22 +154,39 @@ def _stored(paths: AllocPaths) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def fresh_result(paths: AllocPaths, check: dict):
-    """The stored result when it is younger than the check's interval, else None."""
+def awaits_first_success(result, started_at=None) -> bool:
+    """Whether an allocation that started at started_at (node wall clock) has not passed its check
+    since, judged by its last stored result (None: never checked)."""
+    if not isinstance(result, dict):
+        return True
+    passed = result.get("last_ok_at")
+    if not isinstance(passed, (int, float)) and result.get("ok"):
+        passed = result.get("checked_at")  # stored by a runtime without last_ok_at
+    if not isinstance(passed, (int, float)):
+        return True
+    return isinstance(started_at, (int, float)) and passed < started_at
+
+
+def fresh_result(paths: AllocPaths, check: dict, started_at=None):
+    """The stored result when it may stand for a check now, else None: a result younger than the check's
+    interval, but a failure before the first success only for FIRST_SUCCESS_RECHECK_S."""
     stored = _stored(paths)
     checked_at = stored.get("checked_at")
-    if check["interval"] > 0 and isinstance(checked_at, (int, float)) and time.time() - checked_at < check["interval"]:
-        return stored
-    return None
+    if not isinstance(checked_at, (int, float)):
+        return None
+    reuse = check["interval"]
+    if awaits_first_success(stored, started_at):
+        reuse = min(reuse, FIRST_SUCCESS_RECHECK_S)
+    return stored if reuse > 0 and time.time() - checked_at < reuse else None
 
 
 def run_checks(jobs: list) -> dict:
-    """Run [(paths, spec), ...] checks in parallel; {alloc_id: stored result}. Bounded by the largest
-    timeout plus a second; a check still hanging then is reported as timed out."""
+    """Run [(paths, spec, started_at), ...] checks in parallel; {alloc_id: stored result}. Bounded by the
+    largest timeout plus a second; a check still hanging then is reported as timed out."""
     results = {}
     threads = []
-    for paths, spec in jobs:
-        cached = fresh_result(paths, spec["health"])
+    for paths, spec, started_at in jobs:
+        cached = fresh_result(paths, spec["health"], started_at)
         if cached is not None:
             results[paths.alloc_id] = cached
             continue

@@ -16,8 +16,6 @@ stream ends when stdin closes, the parent changes (sshd is gone) or stdout break
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import sys
 import threading
 import time
@@ -34,7 +32,7 @@ from nodecommon import (
     wakeup_token,
 )
 from nodectl import alloc_view
-from nodehealth import run_checks
+from nodehealth import FIRST_SUCCESS_RECHECK_S, awaits_first_success, run_checks
 from nodelogs import failure_tail
 from nodeproc import boot_id, list_pids, read_cmdline, read_environ, read_stat
 from nodespec import load_spec
@@ -52,7 +50,7 @@ def node_facts(root: str) -> dict:
     except OSError:
         load = None
     return {"ok": True, "version": VERSION, "time": time.time(), "boot_id": boot_id() or None,
-            "hostname": socket.gethostname(), "cpus": os.cpu_count(), "load": load,
+            "hostname": os.uname().nodename, "cpus": os.cpu_count(), "load": load,
             "memory": _meminfo(), "disk": _disk(root), "uptime": _uptime(),
             "runtime": {"dir": os.path.dirname(os.path.abspath(__file__)),
                         "python": ".".join(map(str, sys.version_info[:3]))}}
@@ -74,8 +72,8 @@ def _meminfo() -> dict:
 
 def _disk(root: str) -> dict:
     try:
-        usage = shutil.disk_usage(root)
-        return {"path": root, "total": usage.total, "free": usage.free}
+        st = os.statvfs(root)  # as shutil.disk_usage, without importing shutil (bz2, lzma, fnmatch)
+        return {"path": root, "total": st.f_blocks * st.f_frsize, "free": st.f_bavail * st.f_frsize}
     except OSError:
         return {"path": root, "total": None, "free": None}
 
@@ -143,9 +141,11 @@ def _annotate(doc: dict) -> dict:
 
 # -- allocations and orphans ------------------------------------------------------------------------
 def allocations(root: str, health: bool = True) -> dict:
-    """Every allocation's view with job, gpus, health (run now when health is true) and log_tail."""
+    """Every allocation's view with job, gpus, health (checks run now when health is true) and log_tail;
+    health_pending: true for a running allocation with a check that has not passed since it started
+    (the stream then checks again soon: see health_recheck_in)."""
     boot = boot_id()
-    views, checks = {}, []
+    views, checks, checked = {}, [], []
     for alloc_id in list_alloc_ids(root):
         paths = AllocPaths(root, alloc_id)
         try:
@@ -156,12 +156,17 @@ def allocations(root: str, health: bool = True) -> dict:
         spec = _spec(paths, view)
         view["job"], view["gpus"] = spec.get("job"), spec.get("gpus")
         view["health"] = _stored_health(paths, view.get("started_at")) if spec.get("health") else None
-        if health and spec.get("health") and view["alive"] and view["status"] == "running":
-            checks.append((paths, spec))
+        if spec.get("health") and view["alive"] and view["status"] == "running":
+            checked.append(alloc_id)
+            if health:
+                checks.append((paths, spec, view.get("started_at")))
         view["log_tail"] = _log_tail(paths, view)
         views[alloc_id] = view
     for alloc_id, result in run_checks(checks).items():
         views[alloc_id]["health"] = result
+    for alloc_id in checked:
+        views[alloc_id]["health_pending"] = awaits_first_success(views[alloc_id]["health"],
+                                                                 views[alloc_id].get("started_at"))
     return views
 
 
@@ -233,7 +238,8 @@ def _orphan_reason(view, pgrp: int) -> str:
 # -- documents --------------------------------------------------------------------------------------
 def probe_document(root: str, gpus: GpuCollector, fresh: bool = True, health: bool = True) -> dict:
     """One probe document; fresh=False reuses the last GPU section and stored health results (the fast
-    path for change-triggered documents); health=False never runs health checks."""
+    path for change-triggered documents: an exit is reported without waiting for any check);
+    health=False never runs health checks."""
     doc = node_facts(root)
     doc["gpus"] = gpus.collect() if fresh or gpus.last is None else gpus.last
     doc["allocations"] = allocations(root, health=fresh and health)
@@ -241,13 +247,30 @@ def probe_document(root: str, gpus: GpuCollector, fresh: bool = True, health: bo
     return doc
 
 
+def health_recheck_in(doc: dict, now=None):
+    """Seconds after which the stream should check again the allocations of doc that have not passed
+    their check since they started (health_pending); None when there are none. A tenth of the
+    allocation's age, at least FIRST_SUCCESS_RECHECK_S: a server that starts listening is seen within
+    about 10 % of its start-up time, and one that never passes costs fewer documents the longer it runs."""
+    now = time.time() if now is None else now
+    waits = []
+    for view in (doc.get("allocations") or {}).values():
+        started_at = view.get("started_at")
+        if view.get("health_pending"):
+            age = now - started_at if isinstance(started_at, (int, float)) else 0.0
+            waits.append(max(FIRST_SUCCESS_RECHECK_S, age / 10.0))
+    return min(waits) if waits else None
+
+
 def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, health: bool = True) -> int:
     """Print a document now, every interval and at once on an allocation change; returns 0 when the
     channel ends (stdin closed, parent gone, EPIPE) or after count documents."""
     gpus = GpuCollector()
-    token, due, seq, trigger = wakeup_token(root), 0.0, 0, "start"
+    token, due, recheck, seq, trigger = wakeup_token(root), 0.0, None, 0, "start"
     while True:
         now = time.monotonic()
+        if not trigger and recheck is not None and now >= recheck:
+            trigger = "health"  # an allocation awaits its first passing check: check again before the interval
         if trigger or now >= due:
             seq += 1
             doc = probe_document(root, gpus, fresh=trigger != "change", health=health)
@@ -257,6 +280,8 @@ def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, heal
                 return 0
             if trigger != "change":
                 due = time.monotonic() + interval
+            wait = health_recheck_in(doc) if health else None
+            recheck = None if wait is None else time.monotonic() + wait
         trigger = ""
         if watch.reason(POLL_MS):
             return 0

@@ -1,5 +1,6 @@
-"""The per-allocation supervisor: `python3 supervisor.py --root ROOT ALLOC_ID` (started by `flexnode.py
-start`, already detached: own session, stdin /dev/null, stdout /dev/null, stderr supervisor.log).
+"""The per-allocation supervisor: `python3 supervisor.py --root ROOT [--launch N] ALLOC_ID` (started
+by `flexnode.py start`, already detached: own session, stdin /dev/null, stdout /dev/null, stderr
+supervisor.log).
 
 It launches the workload in a session and process group of its own (setsid), pipes its stdout/stderr
 into the capped logs, records pid + start_time, fences the workload when the lease is not renewed for
@@ -11,7 +12,6 @@ It is a child subreaper, so orphaned grandchildren are reaped here instead of li
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import os
@@ -278,14 +278,33 @@ class Supervisor:
         touch_wakeup(self.root)
 
 
+def parse_args(argv: list) -> tuple:
+    """(root, alloc_id, launch) of `--root ROOT [--launch N] ALLOC_ID` (launch: FLEX_LAUNCH, default 0),
+    the command line nodectl builds; argparse (with gettext and locale) would add ~5 ms to every launch.
+
+    Raises:
+        ValueError: any other command line.
+    """
+    options, positional, rest = {"--root": None, "--launch": "0"}, [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg in options and rest:
+            options[arg] = rest.pop(0)
+        else:
+            positional.append(arg)
+    if options["--root"] is None or len(positional) != 1 or not options["--launch"].isdigit():
+        raise ValueError("usage: supervisor.py --root ROOT [--launch N] ALLOC_ID")
+    return options["--root"], positional[0], int(options["--launch"])
+
+
 def main(argv=None) -> int:
     """Entry point; a crash is recorded in state.json and events before the supervisor exits."""
-    parser = argparse.ArgumentParser(prog="supervisor.py")
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--launch", type=int, default=0, help="launch number (FLEX_LAUNCH)")
-    parser.add_argument("alloc_id")
-    args = parser.parse_args(argv)
-    sup = Supervisor(args.root, args.alloc_id, args.launch)
+    try:
+        root, alloc_id, launch = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    sup = Supervisor(root, alloc_id, launch)
     try:
         return sup.run()
     except Exception as exc:  # record any crash, then let the traceback reach supervisor.log

@@ -191,6 +191,27 @@ def test_a_missing_library_leaves_the_gpus_unknown_not_zero(fake_nvml: FakeNvml)
         collect(fake_nvml.missing_env()))
 
 
+NO_LIBRARY = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import nvml
+    reasons = [nvml.collect_gpus()["reason"] for _ in range(2)]
+    print(json.dumps({"reasons": reasons, "pynvml imported": "pynvml" in sys.modules}))
+""")
+
+
+def test_without_a_driver_or_library_pynvml_is_not_even_imported(fake_nvml: FakeNvml) -> None:
+    """Every probe of a node without NVIDIA would otherwise pay pynvml's 15-40 ms of import."""
+    if fake_nvml.real_library_installed or Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("this machine has an NVIDIA driver or library")
+    proc = subprocess.run([sys.executable, "-c", NO_LIBRARY, str(COLLECTOR.parent)], capture_output=True, text=True,
+                          env={**os.environ, **fake_nvml.missing_env()}, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "reasons": ["NVML library not found (libnvidia-ml.so.1): is the NVIDIA driver installed?"] * 2,
+        "pynvml imported": False}
+
+
 def test_a_missing_pynvml_leaves_the_gpus_unknown_not_zero(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     """`python -S`: no site-packages, so no pynvml; the collector itself needs only the stdlib."""
     doc = collect(fake_nvml.env(fake_nvml.write_config(tmp_path / "nvml.conf")), flags=("-S",))
