@@ -254,6 +254,9 @@ class Flex(Tool):
         self.state = self.dir / "state" / "flex.db"
         self.state.parent.mkdir(exist_ok=True)
         self.env["FLEX_STATE"] = str(self.state)
+        # the working tree's flex, whatever `pip install .` put into site-packages before (a non-editable
+        # install would otherwise be what the console script imports: stale code, measured)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [self.env.get("PYTHONPATH")])])
         self.inventory = str(fleet.inventory_path)
 
     @staticmethod

@@ -17,13 +17,8 @@ process (the controller). With ``--census`` it also counts the Python processes 
 during the push and their CPU time, by wrapping each host's python3 in ``/usr/bin/time`` (a bind
 mount in the host's own mount namespace).
 
-``--prototype`` measures proposed fixes without touching deployer/ (patches applied in this
-process only; see PROTOTYPES): ``no-install-check`` (no runtime hash command once the runtime is
-known to be on the host: the optimistic "run the verb, install only when it is missing"),
-``lean-runtime`` (the node runtime shipped from a patched copy: pynvml imported only where an
-NVIDIA driver is loaded, no typing import, the HTTP health check over a plain socket instead of
-http.client), ``settle-remaining`` (an allocation that is up but not yet for SETTLE seconds is
-re-checked when that time is over, not a whole SETTLE later).
+(The ``--prototype`` patches it once had, for the fixes proposed in bench/README.md, are gone: those
+fixes are in deployer/ now.)
 """
 
 from __future__ import annotations
@@ -98,10 +93,10 @@ def install_tracing() -> None:
 
     install = NodeClient.install
 
-    async def traced_install(self: Any) -> Any:
+    async def traced_install(self: Any, **kw: Any) -> Any:
         t = now()
         try:
-            return await install(self)
+            return await install(self, **kw)
         finally:
             span(self.host.name, "install (runtime sync)", t)
 
@@ -253,150 +248,20 @@ def print_census(kinds: dict[str, dict[str, float]], n: int) -> None:
         print(f"  {kind:60} {int(k['count']):4}  CPU {k['cpu_s']:6.2f} s  ({each:.0f} ms each)")
 
 
-# --- prototypes of proposed fixes (this process only; deployer/ is not edited) -------------------
-
-LEAN_PATCHES = {  # file -> [(old, new)]: the lean-runtime prototype
-    "nvml.py": [
-        ("from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple\n", ""),
-        ("""try:
-    import pynvml
-    _IMPORT_ERROR = None  # type: Optional[str]
-except Exception as exc:  # ImportError, or a broken module file
-    pynvml = None
-    _IMPORT_ERROR = "%s: %s" % (type(exc).__name__, exc)
-""", """import os
-
-if os.path.exists("/proc/driver/nvidia/version"):  # prototype: pynvml only where a driver is loaded
-    try:
-        import pynvml
-        _IMPORT_ERROR = None
-    except Exception as exc:  # ImportError, or a broken module file
-        pynvml = None
-        _IMPORT_ERROR = "%s: %s" % (type(exc).__name__, exc)
-else:
-    pynvml = None
-    _IMPORT_ERROR = "NVIDIA driver not loaded"
-"""),
-    ],
-    "nodehealth.py": [
-        ("""    import http.client  # only where an http check runs: it costs 25 ms of import
-    conn = http.client.HTTPConnection(check["host"], check["port"], timeout=check["timeout"])
-    try:
-        conn.request("GET", check["path"], headers={"User-Agent": "flex-health", "Connection": "close"})
-        response = conn.getresponse()
-        response.read(4096)
-        ok = 200 <= response.status < 400
-        return ok, f"HTTP {response.status} {response.reason}"
-    finally:
-        conn.close()
-""", """    sock = socket.create_connection((check["host"], check["port"]), timeout=check["timeout"])
-    try:  # prototype: a plain HTTP/1.0 GET, no http.client (25-35 ms of imports: email, ssl)
-        sock.sendall(("GET %s HTTP/1.0\\r\\nHost: %s\\r\\nUser-Agent: flex-health\\r\\n\\r\\n"
-                      % (check["path"], check["host"])).encode("latin-1"))
-        data = b""
-        while b"\\r\\n" not in data and len(data) < 4096:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    line = data.split(b"\\r\\n", 1)[0].decode("latin-1")
-    parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        return False, "not an HTTP answer: %r" % line[:80]
-    status = int(parts[1])
-    return 200 <= status < 400, "HTTP %d %s" % (status, parts[2] if len(parts) > 2 else "")
-"""),
-    ],
-}
-
-
-def prototype_lean_runtime(workdir: Path) -> None:
-    import shutil
-
-    import deployer.noderuntime as runtime
-    from deployer import nodeclient
-
-    copy = workdir / "lean-runtime"
-    copy.mkdir()
-    for path in runtime.HERE.glob("*.py"):
-        shutil.copy(path, copy / path.name)
-    for name, patches in LEAN_PATCHES.items():
-        text = (copy / name).read_text()
-        for old, new in patches:
-            if old not in text:
-                raise SystemExit(f"lean-runtime prototype: {name} changed, the patch does not apply")
-            text = text.replace(old, new)
-        (copy / name).write_text(text)
-    runtime.HERE = copy
-    nodeclient._runtime_manifest.cache_clear()
-
-
-INSTALLED: set[str] = set()
-
-
-def prototype_no_install_check() -> None:
-    from deployer.nodeclient import NodeClient
-
-    install = NodeClient.install
-
-    async def optimistic(self: Any) -> bool:
-        key = f"{self.host.name} {self._runtime_id}"
-        if key in INSTALLED:
-            return False
-        changed = await install(self)
-        INSTALLED.add(key)
-        return changed
-
-    NodeClient.install = optimistic  # type: ignore[method-assign]
-
-
-def forget_installed() -> None:
-    INSTALLED.clear()
-
-
-def prototype_settle_remaining() -> None:
-    from deployer.reconcile_jobs import JobPass
-
-    item = JobPass.item
-
-    def remaining(self: Any, action: str, alloc: Any, reason: str, **kw: Any) -> None:
-        since = self.timers(alloc.id).running_since
-        if reason.startswith("up for less than") and kw.get("requeue") is not None and since is not None:
-            kw["requeue"] = max(0.0, kw["requeue"] - (self.now - since))
-        item(self, action, alloc, reason, **kw)
-
-    JobPass.item = remaining  # type: ignore[method-assign]
-
-
-PROTOTYPES: dict[str, Callable[..., None]] = {
-    "no-install-check": prototype_no_install_check,
-    "lean-runtime": prototype_lean_runtime,
-    "settle-remaining": prototype_settle_remaining,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.push_trace", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=30)
     parser.add_argument("--runs", default="cold,nochange,probe", help="comma-separated, in order: cold,nochange,probe")
     parser.add_argument("--census", action="store_true", help="count and time the hosts' python processes")
-    parser.add_argument("--prototype", default="", help=f"comma-separated, of: {', '.join(PROTOTYPES)}")
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "push_trace.json")
     args = parser.parse_args(argv)
-    prototypes = [p.strip() for p in args.prototype.split(",") if p.strip()]
-    if any(p not in PROTOTYPES for p in prototypes):
-        parser.error(f"unknown prototype in {prototypes}")
     from tests.fleet import Fleet
 
     install_tracing()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="flex-trace-") as tmp, Fleet.up(args.hosts) as fleet:
         work = Path(tmp)
-        for name in prototypes:
-            PROTOTYPES[name](work) if name == "lean-runtime" else PROTOTYPES[name]()
         write_app(work / "app")
         (work / "job.yaml").write_text((PEERS / "flex" / "job.yaml").read_text())
         state = work / "state.db"
@@ -406,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
                 reboot_fleet(fleet, clean_rc=True)
                 for p in work.glob("state.db*"):
                     p.unlink()
-                forget_installed()
                 time.sleep(0.5)
             if args.census:
                 if run == "cold" or not results:
@@ -430,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             results[run] = doc
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"hosts": args.hosts, "prototypes": prototypes, "runs": results},
+        args.json.write_text(json.dumps({"hosts": args.hosts, "runs": results},
                                         indent=1) + "\n")
         print(f"\nwrote {args.json}")
     return 0
