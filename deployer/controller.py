@@ -45,6 +45,7 @@ from deployer.transport import Pool, TransportSettings, UntrustedHost
 log = logging.getLogger(__name__)
 
 HOST_FIELDS = ("name", "address", "port", "user", "key_file", "connection", "flex_root")
+WARMING_S = 10.0  # a starting controller's window for every node's first answer (see ClusterSnapshot.warming)
 NODE_SAVE_INTERVAL = 5.0  # seconds between saves of a node's last state (an attached console reads these)
 KEPT_VARS = ("flex_known_hosts", "flex_proxy_jump", "ansible_ssh_common_args")
 
@@ -94,6 +95,7 @@ class Controller:
         self._saved_nodes: dict[str, tuple[str, float]] = {}
         self._last_renew = 0.0
         self._salt = uuid.uuid4().hex[:8]
+        self._warm_until = 0.0  # set by run(); reconcile_once() called directly sees no warming
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -300,7 +302,13 @@ class Controller:
             launched=launched, cordoned=frozenset(cordoned),
             draining=frozenset(r.name for r in flags if r.draining), timers=dict(self.timers),
             busy=frozenset(self.executor.busy) | self._stale_runs(allocations), wall=wall,
-            lease_ttl=self.settings.lease_ttl, salt=self._salt)
+            lease_ttl=self.settings.lease_ttl, salt=self._salt, warming=self._warming(now))
+
+    def _warming(self, now: float) -> frozenset[str]:
+        """Watched nodes with no answer yet, while the start-up window lasts (then they are just unknown)."""
+        if now >= self._warm_until:
+            return frozenset()
+        return frozenset(name for name in self._observers if name not in self.nodes)
 
     def _adopt_generations(self, allocations: tuple[Any, ...], launched: dict[str, int]) -> dict[str, int]:
         """Record the restart generation a node says the current run was launched at, when it is above the
@@ -418,8 +426,9 @@ class Controller:
     # --- the loop ----------------------------------------------------------------------------------
 
     async def run(self, until: Callable[[], bool] | None = None, stop: asyncio.Event | None = None) -> None:
-        """Passes until `until()` is true after a pass, or stop is set."""
-        await self.wait_first_probes(timeout=10.0)
+        """Passes until `until()` is true after a pass, or stop is set. Passes start at once: for the first
+        WARMING_S seconds, nodes not heard from yet are `warming` in the snapshot (see ClusterSnapshot)."""
+        self._warm_until = time.monotonic() + WARMING_S
         while stop is None or not stop.is_set():
             self._wake.clear()
             plan = self.reconcile_once()

@@ -58,6 +58,9 @@ class ClusterSnapshot:
     wall: float = 0.0
     lease_ttl: float = 0.0  # workloads fence themselves after this without renewal (0: off)
     salt: str = ""  # mixed into new allocation ids so two state databases never pick the same id
+    # inventory nodes a starting controller has not heard from yet (for at most its first 10 s): jobs
+    # that pick among nodes wait for them; a system job is placed on each node as it answers
+    warming: frozenset[str] = frozenset()
 
     def node(self, name: str) -> NodeState:
         """The last observation of a node (status unknown when never probed)."""

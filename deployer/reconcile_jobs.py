@@ -152,6 +152,8 @@ def place_job(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:
     stops at once, the placements at `out.place_all()`)."""
     if job.spec.is_system:
         _system(job, allocs, out)
+    elif out.snap.warming:  # placing now would pick among the nodes that happened to answer first
+        out.pending[job.name] = f"waiting for the first probe of {_nodes(out.snap.warming)}"
     elif job.spec.is_periodic:
         _cron(job, allocs, out)
     else:
@@ -382,6 +384,13 @@ def _place_system(job: DesiredJob, out: JobPass) -> None:
     for assignment in result.assignments:
         _add(job, replace(assignment, index=order.get(assignment.node, 0)), out)
     out.pending[job.name] = None if result.failure is None else result.failure.sentence()
+    if out.snap.warming and result.failure is None:  # placed where nodes answered; not done before all did
+        out.pending[job.name] = f"waiting for the first probe of {_nodes(out.snap.warming)}"
+
+
+def _nodes(names: frozenset[str]) -> str:
+    listed = ", ".join(sorted(names)[:3])
+    return f"{len(names)} nodes ({listed}, ...)" if len(names) > 3 else listed
 
 
 def _cron(job: DesiredJob, allocs: list[Allocation], out: JobPass) -> None:

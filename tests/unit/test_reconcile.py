@@ -465,6 +465,23 @@ def test_a_new_job_is_placed_once_then_left_alone() -> None:
     assert second.items == () and second.summary() == "no changes"
 
 
+def test_while_nodes_have_not_answered_a_system_job_goes_where_they_did_and_other_jobs_wait() -> None:
+    """A starting controller passes at once: a system job is placed on each node that answered (one per
+    node, nothing on the others yet, pending until all did); a job that picks among nodes waits, so it
+    does not pile onto the nodes that answered first."""
+    hosts = ("n0", "n1", "n2", "n3")
+    early = reconcile(run(AGENT, WEB3), snap(ready(2), hosts=hosts, warming=frozenset({"n2", "n3"})), NOW)
+    assert sorted(i.alloc.node for i in early.bucket(PLACE)) == ["n0", "n1"]
+    assert all(i.job == "agent" for i in early.items)
+    assert early.pending["web"] == early.pending["agent"] == "waiting for the first probe of n2, n3"
+    placed = [replace(i.alloc, observed_status="running") for i in early.bucket(PLACE)]
+    nodes = [node(f"n{k}", *[running(a.id) for a in placed if a.node == f"n{k}"]) for k in range(4)]
+    warm = reconcile(run(AGENT, WEB3), snap(nodes, *placed, timers=settled(*[a.id for a in placed])), NOW + 1)
+    assert sorted(i.alloc.node for i in warm.bucket(PLACE) if i.job == "agent") == ["n2", "n3"]
+    assert len([i for i in warm.bucket(PLACE) if i.job == "web"]) == 3
+    assert warm.pending == {"agent": None, "web": None}
+
+
 def test_new_ids_are_deterministic_and_differ_per_salt() -> None:
     def ids(salt: str) -> list[str]:
         return [i.alloc.id for i in reconcile(run(WEB3), snap(ready(6), salt=salt), NOW).bucket(PLACE)]
