@@ -83,7 +83,8 @@ def _decide(alloc: Allocation, job: DesiredJob | None, snap: ClusterSnapshot, no
         _decide_stopping(alloc, job, snap, out)
         return
     if alloc.observed_status in ("complete", "failed") and (job.spec.is_batch or alloc.observed_status == "complete"):
-        return  # final: a batch run that ended, never restarted
+        _decide_final(alloc, job, snap, out)  # a batch run that ended: final, unless a restart was asked for
+        return
     node = snap.node(alloc.node)
     if alloc.node not in snap.hosts or alloc.node in snap.draining:
         out.migrating.append(alloc)  # replaced first, stopped once the replacement runs (place_job)
@@ -91,6 +92,26 @@ def _decide(alloc: Allocation, job: DesiredJob | None, snap: ClusterSnapshot, no
         _decide_unreachable(alloc, job.spec, node, snap, now, out)
         return
     _decide_on_ready_node(alloc, job, node.allocations.get(alloc.id), snap, now, out)
+
+
+def _decide_final(alloc: Allocation, job: DesiredJob, snap: ClusterSnapshot, out: JobPass) -> None:
+    """A run that ended (exit 0, or failed for good) is never restarted by itself. A restart asked for
+    after it (`flex restart`, the console: on-call rerunning a failed batch job) runs it again in place,
+    once; a cron job's past runs are history instead (its next fire runs it anew), so the restart leaves
+    them and is done."""
+    target = job.restart_generation + alloc.generation
+    if snap.launched.get(alloc.id, 0) >= target:
+        return
+    if job.spec.is_periodic:
+        out.mark(replace(alloc, desired_status=DESIRED_STOP), f"past run of a cron job: restart {target} applies "
+                 "to its next runs")
+        return
+    node = snap.node(alloc.node)
+    if not node.is_ready or alloc.node not in snap.hosts or alloc.node in snap.draining:
+        out.item(IGNORE, alloc, f"restart requested: {alloc.node} is {node.status}", requeue=1.0)
+        return
+    out.restart(alloc, f"restart requested (generation {target}) of a run that {alloc.observed_status}"
+                + (f" (exit {alloc.exit_code})" if alloc.exit_code is not None else ""), target, counts=False)
 
 
 def _decide_stopping(alloc: Allocation, job: DesiredJob | None, snap: ClusterSnapshot, out: JobPass) -> None:
@@ -206,7 +227,8 @@ def _decide_exited(alloc: Allocation, job: DesiredJob, obs: AllocationObservatio
         out.restart(alloc, f"restart requested (generation {target})", target, counts=False)
         return
     if alloc.observed_status not in ("exited", "failed") or alloc.exit_code != obs.exit_code:
-        out.mark(replace(alloc, observed_status="exited", exit_code=obs.exit_code), how)
+        alloc = replace(alloc, observed_status="exited", exit_code=obs.exit_code)  # kept by a `failed` mark too
+        out.mark(alloc, how)
     _may_restart(alloc, job.spec, snap, now, out, how, target)
 
 

@@ -187,6 +187,31 @@ def test_the_controller_heals_a_killed_workload_and_stops_cleanly_on_sigterm(fle
     assert "controller for" in log and "SIGTERM: stopping" in log and "1 restart" in log
 
 
+def test_on_call_reruns_a_batch_job_that_failed_for_good_and_it_completes(fleet: LocalFleet) -> None:
+    """The 3 a.m. case: a batch job failed for good (its input was missing); once that is fixed, `flex
+    restart ALLOC --wait` runs it again in place, once, and it completes."""
+    marker = fleet.path / "input-ready"
+    spec = fleet.spec("etl", f"""name: etl
+kind: batch
+command: [sh, -c, "test -f {marker} && echo loaded || {{ echo 'no input' >&2; exit 3; }}"]
+resources: {{cpus: 0.1, memory: 32MiB}}
+restart: {{attempts: 1, delay: 0.2s}}
+""")
+    pushed = fleet.flex("push", str(fleet.inventory), spec, "--timeout", "60")
+    assert pushed.returncode == 1 and "failed" in pushed.stdout + pushed.stderr, pushed
+    [alloc] = fleet.allocations("etl")
+    assert alloc["observed_status"] == "failed" and alloc["exit_code"] == 3, alloc
+    marker.write_text("ok\n")
+    with running_controller(fleet):
+        out = ok(fleet.flex("restart", alloc["id"], "--wait", "--timeout", "30"))
+        assert "restarted" in out, out
+        wait_for(lambda: fleet.allocations("etl")[0]["observed_status"] == "complete", 20, "the rerun to complete")
+    [after] = fleet.allocations("etl")
+    assert after["id"] == alloc["id"] and after["exit_code"] == 0 and "loaded" in ok(fleet.flex("logs", "etl"))
+    events = ok(fleet.flex("events", "--json"))
+    assert events.count("of a run that failed (exit 3)") == 1, events
+
+
 @contextmanager
 def running_controller(fleet: LocalFleet) -> Iterator[subprocess.Popen[str]]:
     """`flex controller` in the background while the block runs; SIGTERM then, and it must exit 0."""

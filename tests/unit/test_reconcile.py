@@ -220,6 +220,22 @@ ROWS = [
         ("mark etl-0@n0 failed/run",), ("failed for good",)),
     Row("a batch run that failed for good is never placed again",
         run(ETL), snap(ready(2, exited("etl-0@n0", 1)), rec("etl-0@n0", "n0", job=ETL, observed="failed")), ()),
+    Row("a batch run that failed for good runs again in place when a restart is asked for (on-call), once",
+        run(ETL), snap(ready(2, exited("etl-0@n0", 1)),
+                       rec("etl-0@n0", "n0", job=ETL, observed="failed", exit_code=1, generation=1)),
+        ("restart etl-0@n0",), ("restart requested (generation 1) of a run that failed (exit 1)",)),
+    Row("a failed batch run whose restart was launched is final again",
+        run(ETL), snap(ready(2, exited("etl-0@n0", 1)),
+                       rec("etl-0@n0", "n0", job=ETL, observed="failed", exit_code=1, generation=1),
+                       launched={"etl-0@n0": 1}), ()),
+    Row("restarting a batch job runs its complete runs again",
+        run(DesiredJob(ETL, restart_generation=1)),
+        snap(ready(2, exited("etl-0@n0", 0)), rec("etl-0@n0", "n0", job=ETL, observed="complete")),
+        ("restart etl-0@n0",), ("of a run that complete",)),
+    Row("a failed batch run asked to restart on an unreachable node waits for it",
+        run(ETL), snap([down("n0", 5), node("n1")],
+                       rec("etl-0@n0", "n0", job=ETL, observed="failed", exit_code=1, generation=1)),
+        ("ignore etl-0@n0",), ("restart requested: n0 is unreachable",)),
     # F4, F5, F6, F8: unreachable nodes
     Row("an allocation on a node unreachable for 5s is unknown, not replaced",
         run(WEB), snap([down("n0", 5), node("n1")], rec(A, "n0")),
@@ -604,6 +620,21 @@ def test_a_cron_job_past_its_fire_time_fires_count_runs() -> None:
     assert {i.alloc.created_at for i in plan.bucket(PLACE)} == {WALL - 80}
     assert plan.next_fire == {"report": WALL + 40}
     assert not plan.is_empty
+
+
+def test_a_run_that_fails_for_good_keeps_its_exit_code_in_the_record() -> None:
+    plan = reconcile(run(ETL), snap(ready(2, exited("etl-0@n0", 7)), rec("etl-0@n0", "n0", job=ETL),
+                                    timers={"etl-0@n0": AllocTimers(exit_seen_at=NOW, restart_times=(NOW - 20, NOW - 10))}),
+                     NOW)
+    [(record, reason)] = plan.marks
+    assert (record.observed_status, record.exit_code) == ("failed", 7) and "failed for good" in reason
+
+
+def test_restarting_a_cron_job_leaves_its_past_runs_as_history() -> None:
+    past = rec("report-0", "n0", job=NIGHTLY, observed="complete")
+    plan = reconcile(run(DesiredJob(NIGHTLY, restart_generation=1, last_fire=WALL - 5)), snap(ready(2), past), NOW)
+    assert "mark report-0 complete/stop" in digest(plan) and not plan.bucket(RESTART)
+    assert "applies to its next runs" in words(plan)
 
 
 def test_a_cron_job_whose_previous_run_still_goes_skips_with_forbid() -> None:
