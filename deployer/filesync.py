@@ -4,12 +4,13 @@ Two commands per sync, whatever the number of files (each bounded by a remote-si
 
 1. `python3 -c HASH_SCRIPT` reads a JSON list of target paths on stdin and prints
    {path: [sha256, mode] | null}. Files whose digest and mode already match are left alone.
-2. `python3 -c WRITE_SCRIPT` reads a JSON header line ([[path, mode, size, sha256], ...]) then the
-   raw contents, back to back, on stdin. Each file goes to a temp file in its target's directory
-   (mkstemp: 0600 from birth, then fchmod to its mode), is fsynced and checked against its sha256;
-   only when EVERY file of the batch is written are they renamed over their targets and the
-   directories fsynced. An interrupted push (input ends early, SIGTERM/SIGHUP from `timeout` or a
-   lost connection) or a full disk removes the temp files and leaves every target as it was.
+2. `python3 -c WRITE_SCRIPT` (the node runtime's nodewrite.py) reads a JSON header line ([[path,
+   mode, size, sha256], ...]) then the raw contents, back to back, on stdin. Each file goes to a temp
+   file in its target's directory (mkstemp: 0600 from birth, then fchmod to its mode), is fsynced and
+   checked against its sha256; only when EVERY file of the batch is written are they renamed over
+   their targets and the directories fsynced. An interrupted push (input ends early, SIGTERM/SIGHUP
+   from `timeout` or a lost connection) or a full disk removes the temp files and leaves every target
+   as it was.
 
 Content travels on stdin only, never in argv or the environment; secrets are written 0600 and are
 never logged: logs and errors name paths and sizes, never content. One stdin stream per batch beat
@@ -27,6 +28,7 @@ import posixpath
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from deployer.connection import (
@@ -63,61 +65,9 @@ for p in json.load(sys.stdin):
 json.dump(out,sys.stdout)
 """
 
-WRITE_SCRIPT = r"""
-import errno,hashlib,json,os,signal,sys,tempfile
-src=sys.stdin.buffer
-todo=json.loads(src.readline())
-temps=[]
-def clean(*sig):
-    for t in temps:
-        try:os.unlink(t)
-        except OSError:pass
-    if sig:os._exit(128+sig[0])
-signal.signal(signal.SIGTERM,clean)
-signal.signal(signal.SIGHUP,clean)
-def fail(phase,path,e):
-    clean()
-    json.dump({"phase":phase,"path":path,"errno":e.errno or 0,"error":e.strerror or str(e)},sys.stdout)
-    sys.exit(3)
-def stale(d,pre):
-    for n in os.listdir(d):
-        if n.startswith(pre) and n.endswith(".flextmp"):
-            try:os.unlink(os.path.join(d,n))
-            except OSError:pass
-def receive(path,mode,size,digest):
-    d,pre=os.path.dirname(path),"."+os.path.basename(path)+"."
-    os.makedirs(d,exist_ok=True)
-    stale(d,pre)
-    fd,tmp=tempfile.mkstemp(dir=d,prefix=pre,suffix=".flextmp")
-    temps.append(tmp)
-    with os.fdopen(fd,"wb") as f:
-        os.fchmod(f.fileno(),mode)
-        h=hashlib.sha256()
-        left=size
-        while left:
-            b=src.read(min(left,1<<20))
-            if not b:raise OSError(errno.EPIPE,"the push was interrupted (input ended early)")
-            f.write(b)
-            h.update(b)
-            left-=len(b)
-        f.flush()
-        os.fsync(f.fileno())
-    if h.hexdigest()!=digest:raise OSError(errno.EIO,"content changed in transit (sha256 mismatch)")
-for path,mode,size,digest in todo:
-    try:receive(path,mode,size,digest)
-    except OSError as e:fail("write",path,e)
-dirs=set()
-for tmp,entry in zip(list(temps),todo):
-    try:os.replace(tmp,entry[0])
-    except OSError as e:fail("rename",entry[0],e)
-    temps.remove(tmp)
-    dirs.add(os.path.dirname(entry[0]))
-for d in dirs:
-    fd=os.open(d,os.O_RDONLY)
-    try:os.fsync(fd)
-    finally:os.close(fd)
-json.dump({"ok":True},sys.stdout)
-"""
+# The write half is the node runtime's nodewrite.py, run as a one-liner: one source for this helper and
+# `flexnode.py start --files` (which writes a new allocation's files and starts it in one process).
+WRITE_SCRIPT = (Path(__file__).resolve().parent / "noderuntime" / "nodewrite.py").read_text()
 
 
 class CommandRunner(Protocol):

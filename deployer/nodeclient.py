@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 from deployer.connection import FileSpec as PushFile
 from deployer.connection import Result, Secret
 from deployer.errors import FlexError, ProbeError, TransportError
+from deployer.filesync import payload, prepare
 from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
 from deployer.noderuntime import ENTRY_POINT, RuntimeFile, runtime_files, runtime_id
 from deployer.probe import parse_probe
@@ -48,8 +49,8 @@ class Launch:
     # the restart generation this launch applies: the node keeps it with the run, so a controller that
     # restarts after a SIGKILL sees a restart already done (never applies one twice)
     generation: int = 0
-    # a new allocation id: its directory cannot exist yet, so its files travel without a checksum
-    # command first (always correct: at worst identical bytes are written again)
+    # a new allocation id: its directory cannot exist yet, so its files travel on the `start` verb's
+    # stdin, without a checksum command first (always correct: at worst identical bytes are written again)
     fresh: bool = False
 
 
@@ -143,23 +144,29 @@ class NodeClient:
         entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
         return ["python3", "-E", "-S", entry, "--root", await self.root(), *args]
 
-    async def verb(self, *args: str, timeout: float = VERB_TIMEOUT) -> dict[str, Any]:
+    async def verb(self, *args: str, timeout: float = VERB_TIMEOUT, input: bytes | None = None) -> dict[str, Any]:
         """Run `flexnode.py VERB ARGS` and return its JSON document (ok false is returned, not raised).
 
         Raises:
             ProbeError: the runtime printed something that is not one JSON object.
         """
         argv = await self._argv(*args)
-        result = await self.transport.run(self.host, argv, timeout=timeout)
+        result = await self.transport.run(self.host, argv, timeout=timeout, input=input)
         if runtime_missing(result.exit_status, result.stderr):
             await self.install(missing=True)
-            result = await self.transport.run(self.host, argv, timeout=timeout)
+            result = await self.transport.run(self.host, argv, timeout=timeout, input=input)
         return _document(self.host.name, result)
 
     async def launch(self, launch: Launch, secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """Push the allocation's files by checksum, then start it (a no-op when it already runs)."""
+        """Push the allocation's files by checksum, then start it (a no-op when it already runs). A fresh
+        allocation's files go on the `start` verb's stdin instead: one command, one interpreter."""
         alloc_dir = posixpath.join(await self.root(), "allocs", launch.alloc_id)
-        await self.transport.sync(self.host, self._allocation_files(launch, alloc_dir, secrets), fresh=launch.fresh)
+        files = self._allocation_files(launch, alloc_dir, secrets)
+        if launch.fresh:
+            data = payload(prepare(files))
+            return await self.verb("start", launch.alloc_id, "--files", input=data,
+                                   timeout=VERB_TIMEOUT + len(data) / (1 << 20))
+        await self.transport.sync(self.host, files)
         return await self.verb("start", launch.alloc_id)
 
     def _allocation_files(self, launch: Launch, alloc_dir: str, secrets: Mapping[str, str] | None) -> list[PushFile]:

@@ -37,7 +37,8 @@ Identity of a workload is (boot_id, pid, start_time): a reused pid or a reboot i
 Verbs (VIEW = an allocation's view, see nodectl.py: alloc_id, status, stored_status, alive,
 supervisor_alive, pid, pgid, start_time, boot_id, started_at, finished_at, exit_code, signal,
 restarts, generation, stop_requested, supervisor_pid, error):
-    start ID [--wait S]               VIEW + ok, already_running, confirmed (pid recorded in time)
+    start ID [--wait S] [--files]     VIEW + ok, already_running, confirmed (pid recorded in time);
+                                      --files: first place the files on stdin (nodewrite.py)
     stop ID [--timeout S] [--signal SIG]
                                       VIEW + ok, was_running, stop_signal, escalated, left
     status [ID...]                    ok, time, boot_id, allocations {ID: VIEW + health}
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     start = verbs.add_parser("start", help="start an allocation (idempotent)")
     start.add_argument("alloc_id")
     start.add_argument("--wait", type=float, default=2.0, help="seconds to wait for the workload pid")
+    start.add_argument("--files", action="store_true",
+                       help="first place the allocation's files from stdin (nodewrite.py's format)")
     stop = verbs.add_parser("stop", help="stop an allocation's whole process group (idempotent)")
     stop.add_argument("alloc_id")
     stop.add_argument("--timeout", type=float, help="seconds before SIGKILL (default: the spec's)")
@@ -132,7 +135,7 @@ def deadline_for(args) -> float:
     if args.verb == "probe" and args.stream or args.verb == "logs" and args.follow:
         return 0
     if args.verb == "start":
-        return args.wait + 20
+        return args.wait + (620 if args.files else 20)
     if args.verb in ("stop", "kill-orphan"):
         return (args.timeout if args.timeout is not None else 600) + 20
     return 60
@@ -147,6 +150,13 @@ def run(args) -> int:
     root = resolve_root(args.root)
     import nodectl
     if args.verb == "start":
+        if args.files:  # a new allocation: its files and its start in one process and one round trip
+            import nodewrite
+            try:
+                nodewrite.write_batch(sys.stdin.buffer)
+            except nodewrite.WriteFailed as exc:
+                raise NodeError(f"allocation {args.alloc_id}: its files were not placed: {exc}", code="write",
+                                phase=exc.doc["phase"], path=exc.doc["path"], errno=exc.doc["errno"]) from None
         print_json(nodectl.start(root, args.alloc_id, args.wait))
     elif args.verb == "stop":
         print_json(nodectl.stop(root, args.alloc_id, args.timeout, args.signal))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from deployer.models import FileSpec as JobFile
 from deployer.models import HealthCheck, Host, JobSpec, Port, Resources, StopPolicy
 from deployer.nodeclient import Launch, NodeClient, allocation_spec
 from deployer.transport import Pool
@@ -145,3 +146,51 @@ async def test_the_probe_stream_answers_a_poke_and_needs_no_watchdog(tmp_path: P
             await lines.send(b"\n")
             second = json.loads(await asyncio.wait_for(lines.__anext__(), 5))  # long before the interval
             assert (first["trigger"], second["trigger"]) == ("start", "request")
+
+
+async def test_a_fresh_launch_places_its_files_and_starts_in_one_command(tmp_path: Path) -> None:
+    """A new allocation: its files (secrets 0600) go on the `start` verb's stdin, one command and one
+    interpreter on the node instead of a checksum, a write and a start."""
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    script = tmp_path / "serve.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    launch = Launch("fresh-1", job(command=("python3", "serve.py"), files=(JobFile(str(script), "serve.py"),),
+                                   stop=StopPolicy(timeout=2.0)), fresh=True)
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        await client.install()
+        commands: list[list[str]] = []
+        conn = pool.connection(host)
+        run = conn.run
+
+        async def counted(argv: list[str], **kwargs: Any) -> Any:
+            commands.append(list(argv))
+            return await run(argv, **kwargs)
+
+        conn.run = counted  # type: ignore[method-assign]
+        doc = await client.launch(launch, secrets={"API_TOKEN": SECRET})
+        assert doc["ok"] and doc["pid"] and not doc.get("already_running"), doc
+        assert len(commands) == 1 and commands[0][-3:] == ["start", "fresh-1", "--files"], commands
+        alloc = root / "allocs" / "fresh-1"
+        assert (alloc / "serve.py").read_text() == script.read_text()
+        assert (alloc / "env.secret").stat().st_mode & 0o777 == 0o600 and SECRET not in (alloc / "spec.json").read_text()
+        assert not list(alloc.glob("*.flextmp"))
+        await client.stop("fresh-1", timeout=2)
+
+
+async def test_a_fresh_launch_whose_files_cannot_be_placed_starts_nothing_and_says_why(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the job wants a directory\n")
+    script = tmp_path / "serve.py"
+    script.write_text("pass\n")
+    launch = Launch("fresh-2", job(command=("python3", "serve.py"),
+                                   files=(JobFile(str(script), str(blocker / "serve.py")),)), fresh=True)
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        doc = await client.launch(launch)
+        assert doc["ok"] is False and doc["code"] == "write" and doc["path"] == str(blocker / "serve.py"), doc
+        assert "its files were not placed" in doc["error"]
+        assert (await client.status("fresh-2"))["allocations"]["fresh-2"]["status"] in ("absent", "pending")
