@@ -52,7 +52,7 @@ def label(argv: list[str] | tuple[str, ...]) -> str:
     text = " ".join(argv)
     if "import hashlib,json,os,stat" in text:
         return "cmd sync-hash"
-    if "import errno,hashlib" in text:
+    if "def write_batch(src)" in text:
         return "cmd sync-write"
     m = re.search(r"flexnode\.py --root \S+ (\w+)", text)
     if m:
@@ -221,6 +221,8 @@ def census(fleet: Any) -> dict[str, dict[str, float]]:
             cmd = record[m.end():]
             if "threading" in cmd and "killpg" in cmd:
                 kind = "probe stream (watchdog wrapper + flexnode probe --stream)"
+            elif "def write_batch(src)" in cmd or "Write a batch of files" in cmd:
+                kind = "sync write helper"  # before flexnode.py: its source names flexnode.py
             elif "flexnode.py" in cmd:
                 verb = re.search(r"flexnode\.py --root \S+ (\w+)", cmd)
                 kind = f"flexnode.py {verb.group(1) if verb else '?'}"
@@ -228,8 +230,6 @@ def census(fleet: Any) -> dict[str, dict[str, float]]:
                 kind = "supervisor"
             elif "import hashlib,json,os,stat" in cmd:
                 kind = "sync hash helper"
-            elif "import errno,hashlib" in cmd:
-                kind = "sync write helper"
             else:
                 kind = cmd.split("\n", 1)[0][:60]
             k = kinds.setdefault(kind, {"count": 0, "cpu_s": 0.0, "wall_s": 0.0})
