@@ -19,7 +19,10 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+
+if TYPE_CHECKING:
+    import asyncio
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 TIMED_OUT_STATUSES = (124, 137)  # GNU timeout: TERM sent (124) / KILL sent after -k (128 + 9)
@@ -181,6 +184,18 @@ class StreamHandle(Protocol):
     async def close(self) -> None:
         """Stop the command (its whole process group) and free the channel."""
         ...
+
+
+async def settle_reader(task: asyncio.Future[None], within: float = 1.0) -> None:
+    """Let a stream's stderr reader take in what the ended command wrote (its exit and its last stderr
+    lines arrive separately); give up after within seconds."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(asyncio.shield(task), within)
+    except (TimeoutError, asyncio.CancelledError, OSError):
+        pass
+
 
 
 class LineStream:

@@ -27,6 +27,7 @@ from deployer.connection import (
     checked_argv,
     env_prefix,
     exit_status_of,
+    settle_reader,
 )
 from deployer.filesync import sync_files
 from deployer.models import Host
@@ -163,6 +164,7 @@ class LocalStream:
         if raw:
             return raw.decode(errors="replace").rstrip("\n")
         await exited(self._proc, self._kill_after)
+        await settle_reader(self._stderr_task)  # stderr_tail complete before the caller reads it
         await self.close()
         return None
 

@@ -220,11 +220,11 @@ def _decide_alive(alloc: Allocation, job: DesiredJob, obs: AllocationObservation
 def _decide_exited(alloc: Allocation, job: DesiredJob, obs: AllocationObservation, snap: ClusterSnapshot,
                    now: float, out: JobPass, target: int, launched: int) -> None:
     how = _how_it_ended(obs)
+    if launched < target:  # asked for before or while it ended: applies to this run (a batch runs again too)
+        out.restart(alloc, f"restart requested (generation {target})", target, counts=False)
+        return
     if job.spec.is_batch and obs.exit_code == 0 and obs.status == "exited":
         out.mark(replace(alloc, observed_status="complete", exit_code=0), "exit 0")
-        return
-    if launched < target:
-        out.restart(alloc, f"restart requested (generation {target})", target, counts=False)
         return
     if alloc.observed_status not in ("exited", "failed") or alloc.exit_code != obs.exit_code:
         alloc = replace(alloc, observed_status="exited", exit_code=obs.exit_code)  # kept by a `failed` mark too

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import asyncssh
 
-from deployer.connection import signal_number
+from deployer.connection import settle_reader, signal_number
 from deployer.sshfailures import lost_error
 
 # Runs a streamed command in its own process group and stops that group when the channel goes
@@ -97,6 +97,7 @@ class SshStream:
             await asyncio.wait_for(self._process.wait_closed(), self._kill_after + 1)
         except (TimeoutError, asyncssh.Error, OSError):
             pass
+        await settle_reader(self._stderr_task)  # stderr_tail complete before the caller reads it
         lost = self._process.exit_status is None and self._process.exit_signal is None
         await self.close()
         if lost:

@@ -194,3 +194,15 @@ async def test_a_fresh_launch_whose_files_cannot_be_placed_starts_nothing_and_sa
         assert doc["ok"] is False and doc["code"] == "write" and doc["path"] == str(blocker / "serve.py"), doc
         assert "its files were not placed" in doc["error"]
         assert (await client.status("fresh-2"))["allocations"]["fresh-2"]["status"] in ("absent", "pending")
+
+
+async def test_a_stream_that_ends_at_once_has_its_last_stderr_lines_when_it_ends(tmp_path: Path) -> None:
+    """Its exit and its stderr arrive separately: the tail must be complete when the iteration ends, or a
+    node lacking the runtime reads as a stream that merely ended (the node was taken for unreachable
+    and a service placed without it)."""
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(tmp_path / "root"))
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        for _ in range(20):
+            async with pool.stream(host, ["sh", "-c", "echo missing >&2; exit 2"], watches_stdin=True) as lines:
+                assert [line async for line in lines] == []
+                assert lines.exit_status == 2 and lines.stderr_tail == ("missing",)
