@@ -100,8 +100,8 @@ def _decide_final(alloc: Allocation, job: DesiredJob, snap: ClusterSnapshot, out
     once; a cron job's past runs are history instead (its next fire runs it anew), so the restart leaves
     them and is done."""
     target = job.restart_generation + alloc.generation
-    if snap.launched.get(alloc.id, 0) >= target:
-        return
+    if snap.launched.get(alloc.id, 0) >= target or not job.spec.is_batch:
+        return  # (a service's or system job's ended record holds no index: its replacement is placed)
     if job.spec.is_periodic:
         out.mark(replace(alloc, desired_status=DESIRED_STOP), f"past run of a cron job: restart {target} applies "
                  "to its next runs")

@@ -630,6 +630,14 @@ def test_a_run_that_fails_for_good_keeps_its_exit_code_in_the_record() -> None:
     assert (record.observed_status, record.exit_code) == ("failed", 7) and "failed for good" in reason
 
 
+def test_a_restart_of_an_ended_record_of_a_system_job_never_adds_a_second_copy() -> None:
+    """Only a batch run ends in place; an ended record of another kind holds no index, so a restart must
+    not relaunch it beside the copy placed in its stead (found by the Hypothesis properties)."""
+    ended = rec("agent-0", "n0", job=AGENT, observed="complete", generation=1)
+    plan = reconcile(run(AGENT), snap(ready(1), ended), NOW)
+    assert not plan.bucket(RESTART) and [i.alloc.node for i in plan.bucket(PLACE)] == ["n0"]
+
+
 def test_restarting_a_cron_job_leaves_its_past_runs_as_history() -> None:
     past = rec("report-0", "n0", job=NIGHTLY, observed="complete")
     plan = reconcile(run(DesiredJob(NIGHTLY, restart_generation=1, last_fire=WALL - 5)), snap(ready(2), past), NOW)
