@@ -59,29 +59,9 @@ PROBE_TIMEOUT = 10.0
 SYSTEM_PYTHON = "/usr/bin/python3"  # cmd-python-abs: the interpreter without PATH lookup (pyenv shims...)
 ALIVE_WITHIN = 5.0  # a pushed workload must show as running in a probe within this
 
-SERVER = '''\
-"""A small HTTP server for the push benchmark: GET / answers ok. Python 3.8+ stdlib only."""
-import os
-import signal
-import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"ok\\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-HTTPServer(("0.0.0.0", int(os.environ.get("BENCH_PORT", "8080"))), Handler).serve_forever()
-'''
+# the same server as bench/compare.py's reference workload (it binds without HTTPServer's FQDN lookup,
+# which hung ~10 s in the fleet's hosts, where there is no DNS)
+SERVER = (Path(__file__).resolve().parent / "peers" / "app" / "server.py").read_text()
 
 JOB = f"""\
 # The reference workload of bench/push_probe.py: an app dir with a 1 MiB file and a small HTTP server.

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.test_cli_local import kill_leftovers
+from tests.integration.test_cli_local import kill_leftovers, local_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = """name: holder
@@ -75,19 +74,13 @@ class Terminal:
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, str]]]:
     """(inventory, state db, environment): inventory/local.yaml moved into tmp_path."""
-    doc = yaml.safe_load((ROOT / "inventory" / "local.yaml").read_text())
-    doc["all"]["vars"]["flex_playbooks"] = [str((ROOT / "inventory" / p).resolve())
-                                           for p in doc["all"]["vars"]["flex_playbooks"]]
-    hosts = doc["all"]["children"]["local"]["hosts"]
-    for name, host in hosts.items():
-        host["flex_root"] = str(tmp_path / name)
-    inventory, state = tmp_path / "inventory.yaml", tmp_path / "state.db"
-    inventory.write_text(yaml.safe_dump(doc))
+    inventory, roots = local_inventory(tmp_path)
+    state = tmp_path / "state.db"
     env = {**os.environ, "FLEX_STATE": str(state), "FLEX_INVENTORY": str(inventory)}
     try:
         yield inventory, state, env
     finally:
-        kill_leftovers(tuple(tmp_path / name for name in hosts))
+        kill_leftovers(roots)
 
 
 def flex(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

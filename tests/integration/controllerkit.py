@@ -135,6 +135,19 @@ class RunningController:
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll predicate every 0.2 s until it returns something true (returned); fail naming what was awaited."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
 def flex_env(state: Path, **extra: str) -> dict[str, str]:
     """The environment of a `flex` subprocess: this one's, with FLEX_STATE and strict host keys."""
     import os

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from deployer.store import Store
+from tests.integration.controllerkit import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = """name: hello
@@ -78,20 +79,9 @@ class LocalFleet:
             return store.lease_holder(time.time())
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll predicate until it returns something true; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
-    """inventory/local.yaml with its flex roots and playbooks moved into tmp_path and the repo."""
+def local_inventory(tmp_path: Path) -> tuple[Path, tuple[Path, ...]]:
+    """inventory/local.yaml written into tmp_path with its flex roots there and its playbooks in the
+    repository; (its path, the hosts' flex roots)."""
     doc = yaml.safe_load((ROOT / "inventory" / "local.yaml").read_text())
     doc["all"]["vars"]["flex_playbooks"] = [str((ROOT / "inventory" / p).resolve())
                                            for p in doc["all"]["vars"]["flex_playbooks"]]
@@ -100,7 +90,14 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
         host["flex_root"] = str(tmp_path / name)
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(doc))
-    local = LocalFleet(tmp_path, inventory, tmp_path / "state.db", tuple(tmp_path / n for n in hosts))
+    return inventory, tuple(tmp_path / name for name in hosts)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
+    """inventory/local.yaml with its flex roots and playbooks moved into tmp_path and the repo."""
+    inventory, roots = local_inventory(tmp_path)
+    local = LocalFleet(tmp_path, inventory, tmp_path / "state.db", roots)
     try:
         yield local
     finally:

@@ -37,6 +37,7 @@ from tests.integration.controllerkit import (
     flex_env,
     spawn_flex,
     tree,
+    wait_for,
     write_spec,
 )
 
@@ -59,16 +60,6 @@ def fleet2(fleet_cache: Any) -> Any:
     return fleet_cache.get(2)
 
 
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s")
-
-
 # --- secrets ---------------------------------------------------------------------------------------
 
 
@@ -87,10 +78,10 @@ def pushed_secret(fleet2: Any, tmp_path_factory: pytest.TempPathFactory) -> Simp
     controller = spawn_flex("-vv", "controller", str(inventory), "--probe-interval", "0.3", env=env, log=log)
     try:
         with Store.open(state) as store:
-            _wait(lambda: store.lease_holder(time.time()), 60, "the controller holds the lease")
+            wait_for(lambda: store.lease_holder(time.time()), 60, "the controller holds the lease")
             restart = flex("-vv", "restart", "vault", "-i", str(inventory), env=env)
             assert restart.returncode == 0, restart.stdout + restart.stderr
-            _wait(lambda: not store.pending_intents() and not store.due_restarts() and len(
+            wait_for(lambda: not store.pending_intents() and not store.due_restarts() and len(
                 [a for a in store.allocations(job="vault") if a.observed_status == "running"]) == 2, 90,
                 "the restart applied")
             allocs = [a for a in store.allocations(job="vault") if a.desired_status == "run"]
@@ -302,7 +293,7 @@ def test_bad_input_gets_its_clear_error_and_changes_nothing(case: Case, baseline
         with Store.open(b.state) as store:
             alloc = next(a for a in store.allocations(job="meta") if a.observed_status == "running")
         seen = b.fleet.host(alloc.node).flex_root_path / "allocs" / alloc.id / "env.json"
-        assert json.loads(_wait(lambda: seen.exists() and seen.read_text(), 20, "env.json written")) == METACHARACTERS
+        assert json.loads(wait_for(lambda: seen.exists() and seen.read_text(), 20, "env.json written")) == METACHARACTERS
         return
     assert fleet_trees(b.fleet) == hosts, "a host changed"
     if case.exit_code == 2:
