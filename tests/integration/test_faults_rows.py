@@ -43,6 +43,7 @@ from tests.integration.controllerkit import (
     flex_env,
     spawn_flex,
     submit,
+    wait_for,
     write_spec,
 )
 from tests.integration.transportkit import fast_settings
@@ -133,14 +134,6 @@ def _events(store: Store, alloc: str | None = None, after: int = 0) -> list[Any]
 
 def _record(store: Store, alloc_id: str) -> Any:
     return next((a for a in store.allocations() if a.id == alloc_id), None)
-
-
-async def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.1)
-    return value
 
 
 async def _passes(rc: RunningController, n: int) -> None:
@@ -495,7 +488,7 @@ async def test_f24_cli_writers_controller_and_readers_at_once_lock_nothing_and_l
                threading.Thread(target=_console_reader, args=(inventory, state, stop, console))]
     try:
         with Store.open(state) as store:  # the daemon holds the lease: push hands the job to it
-            await _until(lambda: store.lease_holder(time.time()), 60, "the controller holds the lease")
+            wait_for(lambda: store.lease_holder(time.time()), 60, "the controller holds the lease")
         pushed = await asyncio.to_thread(flex, "push", str(inventory), str(spec), "--timeout", "60", env=env)
         assert pushed.returncode == 0 and "handed to the running controller" in pushed.stdout, pushed
         for thread in threads:
