@@ -28,6 +28,7 @@ def is_inventory_file(path: Path) -> bool:
     """True when path looks like an inventory rather than a job spec (decided by content)."""
     import yaml
 
+    from deployer.document import SAFE_LOADER
     from deployer.inventory_ini import looks_like_ini
     from deployer.spec import looks_like_job
 
@@ -38,7 +39,7 @@ def is_inventory_file(path: Path) -> bool:
     if looks_like_ini(text):
         return True
     try:
-        return not looks_like_job(yaml.safe_load(text))
+        return not looks_like_job(yaml.load(text, Loader=SAFE_LOADER))  # noqa: S506 - a safe loader
     except yaml.YAMLError:
         return path.suffix in (".ini", ".cfg") or "inventor" in path.name
 
