@@ -57,66 +57,125 @@ restarts, generation, stop_requested, supervisor_pid, error):
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
+
+try:  # without the signal module's enums (see nodeproc)
+    import _signal as signal
+except ImportError:  # pragma: no cover
+    import signal
 
 from nodecommon import VERSION, AllocPaths, ChannelWatch, NodeError, print_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises NodeError (usage, exit 2) instead of printing and exiting."""
-
-    def error(self, message):
-        raise NodeError(f"{self.prog}: {message}", code="usage", exit_status=2)
+def _flag(text):
+    return True
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The verbs and their options."""
-    parser = _Parser(prog="flexnode.py", description="flex node runtime")
-    parser.add_argument("--root", help="flex root (default: $FLEX_ROOT or derived from this file's place)")
-    verbs = parser.add_subparsers(dest="verb", parser_class=_Parser)
-    verbs.required = True
-    start = verbs.add_parser("start", help="start an allocation (idempotent)")
-    start.add_argument("alloc_id")
-    start.add_argument("--wait", type=float, default=2.0, help="seconds to wait for the workload pid")
-    start.add_argument("--files", action="store_true",
-                       help="first place the allocation's files from stdin (nodewrite.py's format)")
-    stop = verbs.add_parser("stop", help="stop an allocation's whole process group (idempotent)")
-    stop.add_argument("alloc_id")
-    stop.add_argument("--timeout", type=float, help="seconds before SIGKILL (default: the spec's)")
-    stop.add_argument("--signal", help="first signal (default: the spec's stop_signal)")
-    status = verbs.add_parser("status", help="allocation states")
-    status.add_argument("alloc_ids", nargs="*")
-    probe = verbs.add_parser("probe", help="node, GPU and allocation document")
-    probe.add_argument("--stream", action="store_true", help="keep emitting documents, one per line")
-    probe.add_argument("--interval", type=float, default=2.0)
-    probe.add_argument("--count", type=int, default=0, help="stop after N documents (0: no limit)")
-    probe.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: no limit)")
-    probe.add_argument("--no-health", action="store_true", help="do not run health checks")
-    probe.add_argument("--ignore-stdin", action="store_true", help="stream: do not end when stdin closes")
-    renew = verbs.add_parser("renew", help="renew the leases of allocations")
-    renew.add_argument("alloc_ids", nargs="+")
-    logs = verbs.add_parser("logs", help="an allocation's logs")
-    logs.add_argument("alloc_id")
-    logs.add_argument("--stream", dest="log_stream", choices=("stdout", "stderr"), default="stdout")
-    logs.add_argument("--previous", action="store_true", help="the previous run's logs")
-    logs.add_argument("--follow", action="store_true", help="keep printing until the workload ends")
-    logs.add_argument("--tail", type=int, default=200, help="last N lines (0: all that is kept)")
-    logs.add_argument("--ignore-stdin", action="store_true", help="follow: do not end when stdin closes")
-    gc = verbs.add_parser("gc", help="remove a stopped allocation's directory")
-    gc.add_argument("alloc_id")
-    orphan = verbs.add_parser("kill-orphan", help="stop an orphaned flex-labelled process group")
-    orphan.add_argument("alloc_id")
-    orphan.add_argument("pgid", type=int)
-    orphan.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL")
-    orphan.add_argument("--signal", help="first signal (default SIGTERM)")
-    verbs.add_parser("version", help="runtime version")
-    return parser
+# verb: (positional names, a trailing "*" or "+" for a list; options: --name -> (attribute, type, default)).
+# A table and a loop rather than argparse, whose import (re, gettext, locale) and parser building
+# cost ~10 ms of CPU on every verb of every node.
+VERBS = {
+    "start": (("alloc_id",), {"--wait": ("wait", float, 2.0), "--files": ("files", _flag, False)}),
+    "stop": (("alloc_id",), {"--timeout": ("timeout", float, None), "--signal": ("signal", str, None)}),
+    "status": (("alloc_ids*",), {}),
+    "probe": ((), {"--stream": ("stream", _flag, False), "--interval": ("interval", float, 2.0),
+                   "--count": ("count", int, 0), "--duration": ("duration", float, 0.0),
+                   "--no-health": ("no_health", _flag, False), "--ignore-stdin": ("ignore_stdin", _flag, False)}),
+    "renew": (("alloc_ids+",), {}),
+    "logs": (("alloc_id",), {"--stream": ("log_stream", str, "stdout"), "--previous": ("previous", _flag, False),
+                             "--follow": ("follow", _flag, False), "--tail": ("tail", int, 200),
+                             "--ignore-stdin": ("ignore_stdin", _flag, False)}),
+    "gc": (("alloc_id",), {}),
+    "kill-orphan": (("alloc_id", "pgid:int"), {"--timeout": ("timeout", float, 10.0), "--signal": ("signal", str, None)}),
+    "version": ((), {}),
+}
+LOG_STREAMS = ("stdout", "stderr")
+
+
+class Args:
+    """The parsed command line: verb, root and the verb's attributes (see VERBS)."""
+
+    def __init__(self, verb: str, root) -> None:
+        self.verb = verb
+        self.root = root
+
+
+def _usage(message: str) -> NodeError:
+    return NodeError(f"flexnode.py: {message} (see flexnode.py --help)", code="usage", exit_status=2)
+
+
+def parse_args(argv) -> Args:
+    """`[--root ROOT] VERB ...` as VERBS describes it; NodeError (usage, exit 2) for anything else."""
+    rest = list(argv)
+    root = None
+    while rest and rest[0].startswith("--root"):
+        name, eq, value = rest.pop(0).partition("=")
+        if name != "--root" or not (eq or rest):
+            raise _usage(f"unknown option {name}")
+        root = value if eq else rest.pop(0)
+    if not rest or rest[0] not in VERBS:
+        raise _usage(f"a verb is required: {', '.join(VERBS)}" if not rest else f"unknown verb {rest[0]!r}")
+    verb = rest.pop(0)
+    names, options = VERBS[verb]
+    args = Args(verb, root)
+    for attribute, _, default in options.values():
+        setattr(args, attribute, default)
+    positional = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":  # the rest is positional
+            positional += rest
+            rest = []
+            continue
+        if not arg.startswith("--"):
+            positional.append(arg)
+            continue
+        name, eq, value = arg.partition("=")
+        if name == "--root" and (eq or rest):
+            args.root = value if eq else rest.pop(0)
+            continue
+        if name not in options:
+            raise _usage(f"{verb}: unknown option {name}")
+        attribute, kind, _ = options[name]
+        if kind is _flag:
+            if eq:
+                raise _usage(f"{verb}: {name} takes no value")
+            setattr(args, attribute, True)
+            continue
+        if not eq:
+            if not rest:
+                raise _usage(f"{verb}: {name} needs a value")
+            value = rest.pop(0)
+        try:
+            setattr(args, attribute, kind(value))
+        except ValueError:
+            raise _usage(f"{verb}: {name}: not a {kind.__name__}: {value!r}") from None
+    for name in names:
+        if name.endswith(("*", "+")):
+            if name.endswith("+") and not positional:
+                raise _usage(f"{verb}: at least one {name[:-1].rstrip('s')} is required")
+            setattr(args, name[:-1], positional)
+            positional = []
+            continue
+        attribute, _, kind = name.partition(":")
+        if not positional:
+            raise _usage(f"{verb}: {attribute} is required")
+        value = positional.pop(0)
+        if kind == "int":
+            try:
+                value = int(value)
+            except ValueError:
+                raise _usage(f"{verb}: {attribute}: not an integer: {value!r}") from None
+        setattr(args, attribute, value)
+    if positional:
+        raise _usage(f"{verb}: unexpected argument {positional[0]!r}")
+    if verb == "logs" and args.log_stream not in LOG_STREAMS:
+        raise _usage(f"logs: --stream must be one of {', '.join(LOG_STREAMS)}")
+    return args
 
 
 def resolve_root(explicit) -> str:
@@ -222,7 +281,11 @@ def logs(root: str, args) -> int:
 def main(argv=None) -> int:
     """Parse, run under an alarm, and turn every failure into a JSON error document."""
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        if argv[:1] in (["-h"], ["--help"], ["help"]):
+            sys.stdout.write(__doc__)
+            return 0
+        args = parse_args(argv)
         seconds = deadline_for(args)
         if seconds:
             signal.signal(signal.SIGALRM, _on_alarm)

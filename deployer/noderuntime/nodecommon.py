@@ -7,23 +7,146 @@ deployer.noderuntime.nodecommon for VERSION, so it imports nothing from the runt
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import errno
 import fcntl
-import json
 import os
-import re
 import sys
 import time
+
+# Start-up is most of what a verb costs on a node (python3 itself ~10 ms, then imports), and a push
+# starts interpreters on every node: the runtime imports no re, enum, contextlib, threading or
+# argparse on the paths every push takes (json's pure-Python half imports re and enum: ~9 ms).
+try:  # CPython's own accelerator of the json module, used directly
+    import _json
+except ImportError:  # another Python: the json module (same output)
+    _json = None  # type: ignore[assignment]
 
 VERSION = "1"
 """Protocol version of the node runtime: bumped when the layout or a verb's JSON changes."""
 
-ALLOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 LIVE_STATUSES = ("starting", "running")
 FINAL_STATUSES = ("exited", "stopped", "fenced")
 EVENTS_MAX_BYTES = 1024 * 1024
 LOCK_WAIT_S = 10.0
+
+
+def _not_serializable(obj):
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+class _ScanContext:
+    """What _json.make_scanner reads from a json.JSONDecoder (strict parsing, plain dicts)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo = None
+
+    @staticmethod
+    def parse_constant(name):
+        return {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[name]
+
+
+if _json is not None:
+    # json.JSONEncoder(sort_keys=True)'s and json.JSONDecoder()'s C halves, called as they call them
+    _ENCODE = _json.make_encoder(None, _not_serializable, _json.encode_basestring_ascii, None, ": ", ", ",
+                                 True, False, True)
+    _SCAN = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed: it reads attributes
+
+    def dumps(doc) -> str:
+        """json.dumps(doc, sort_keys=True)."""
+        return "".join(_ENCODE(doc, 0))
+
+    def loads(text: str):
+        """json.loads(text) for a str; ValueError when it is not one JSON document."""
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        try:
+            doc, end = _SCAN(text, start)
+        except StopIteration as exc:
+            raise ValueError(f"Expecting value: char {exc.value}") from None
+        if end != len(text.rstrip(" \t\n\r")):
+            raise ValueError(f"Extra data: char {end}")
+        return doc
+else:  # pragma: no cover - CPython always has _json
+    import json as _json_module
+
+    def dumps(doc) -> str:
+        """json.dumps(doc, sort_keys=True)."""
+        return _json_module.dumps(doc, sort_keys=True)
+
+    def loads(text: str):
+        """json.loads(text)."""
+        return _json_module.loads(text)
+
+
+class suppress:
+    """contextlib.suppress without importing contextlib (collections, functools: ~7 ms)."""
+
+    def __init__(self, *exceptions) -> None:
+        self.exceptions = exceptions
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        return kind is not None and issubclass(kind, self.exceptions)
+
+
+def valid_alloc_id(name) -> bool:
+    """1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'."""
+    return (isinstance(name, str) and 0 < len(name) <= 128 and name[0] not in "_.-"
+            and ID_CHARS.issuperset(name) and ".." not in name)
+
+
+class Worker:
+    """threading.Thread(target=fn, args=args, daemon=True), started at once, with join(timeout) and
+    is_alive(), on _thread (threading's import: ~5 ms)."""
+
+    def __init__(self, fn, *args) -> None:
+        self._running = _thread.allocate_lock()
+        self._running.acquire()
+        _thread.start_new_thread(self._run, (fn, args))
+
+    def _run(self, fn, args) -> None:
+        try:
+            fn(*args)
+        finally:
+            self._running.release()
+
+    def join(self, timeout: float) -> None:
+        """Wait until fn returned, at most timeout seconds."""
+        if self._running.acquire(timeout=max(0.0, timeout)):
+            self._running.release()
+
+    def is_alive(self) -> bool:
+        """Whether fn is still running."""
+        if self._running.acquire(False):
+            self._running.release()
+            return False
+        return True
+
+
+class Wake:
+    """threading.Event's set() and wait-then-clear() on one _thread lock (held = not set)."""
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Wake the waiter (once, however often it is called before it wakes)."""
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # already set
+
+    def wait_and_clear(self, timeout: float) -> bool:
+        """Wait until set or timeout seconds passed; True when it was set (it is clear again)."""
+        return self._lock.acquire(timeout=max(0.0, timeout))
 
 
 class NodeError(Exception):
@@ -45,7 +168,7 @@ class NodeError(Exception):
 
 def check_alloc_id(alloc_id: str) -> str:
     """Return alloc_id when it is safe as a directory name, else raise NodeError (bad_alloc_id)."""
-    if not isinstance(alloc_id, str) or not ALLOC_ID_RE.match(alloc_id) or ".." in alloc_id:
+    if not valid_alloc_id(alloc_id):
         raise NodeError(
             f"invalid allocation id {alloc_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter "
             "or digit, without '..'", code="bad_alloc_id", exit_status=2)
@@ -89,8 +212,7 @@ def list_alloc_ids(root: str) -> list:
         names = os.listdir(allocs_dir(root))
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if ALLOC_ID_RE.match(n) and ".." not in n
-                  and os.path.isdir(os.path.join(allocs_dir(root), n)))
+    return sorted(n for n in names if valid_alloc_id(n) and os.path.isdir(os.path.join(allocs_dir(root), n)))
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
@@ -112,7 +234,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, durable: bool = True
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.unlink(tmp)
         raise
     if durable:
@@ -121,7 +243,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, durable: bool = True
 
 def fsync_dir(directory: str) -> None:
     """fsync a directory so a rename in it survives a crash (best effort)."""
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -131,7 +253,7 @@ def fsync_dir(directory: str) -> None:
 
 def write_json(path: str, doc: object, mode: int = 0o644, durable: bool = True) -> None:
     """Write doc as JSON to path atomically."""
-    atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"), mode, durable)
+    atomic_write(path, (dumps(doc) + "\n").encode("utf-8"), mode, durable)
 
 
 def read_json(path: str, default: object = None) -> object:
@@ -142,31 +264,43 @@ def read_json(path: str, default: object = None) -> object:
     except FileNotFoundError:
         return default
     try:
-        return json.loads(raw.decode("utf-8"))
+        return loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise NodeError(f"{path} is not valid JSON: {exc}", code="corrupt")
 
 
-@contextlib.contextmanager
-def alloc_lock(paths: AllocPaths, wait_s: float = LOCK_WAIT_S):
+class alloc_lock:  # noqa: N801 - used as a function: `with alloc_lock(paths) as fd:`
     """Hold the allocation's flock (serializes start, stop and the supervisor's state writes)."""
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise NodeError(f"allocation {paths.alloc_id} is locked by another flex command "
-                                    f"for {wait_s:.0f} s", code="busy")
-                time.sleep(0.01)
-        yield fd
-    finally:
-        os.close(fd)
+
+    def __init__(self, paths: AllocPaths, wait_s: float = LOCK_WAIT_S) -> None:
+        self.paths = paths
+        self.wait_s = wait_s
+        self.fd = -1
+
+    def __enter__(self) -> int:
+        paths, wait_s = self.paths, self.wait_s
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise NodeError(f"allocation {paths.alloc_id} is locked by another flex command "
+                                        f"for {wait_s:.0f} s", code="busy")
+                    time.sleep(0.01)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return fd
+
+    def __exit__(self, kind, value, traceback) -> None:
+        os.close(self.fd)
 
 
 def read_state(paths: AllocPaths) -> dict:
@@ -189,8 +323,8 @@ def append_event(paths: AllocPaths, event: str, **fields: object) -> dict:
     """Append one event line to events.jsonl with the node's wall-clock timestamp; returns it."""
     record = {"ts": time.time(), "alloc_id": paths.alloc_id, "event": event}
     record.update(fields)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    with contextlib.suppress(OSError):
+    line = (dumps(record) + "\n").encode("utf-8")
+    with suppress(OSError):
         if os.path.getsize(paths.events) > EVENTS_MAX_BYTES:
             os.replace(paths.events, paths.events + ".1")
     try:
@@ -210,8 +344,8 @@ def read_events(paths: AllocPaths, limit: int = 0) -> list:
     try:
         with open(paths.events, "rb") as handle:
             for raw in handle:
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(raw.decode("utf-8")))
+                with suppress(ValueError):
+                    out.append(loads(raw.decode("utf-8")))
     except FileNotFoundError:
         pass
     return out[-limit:] if limit > 0 else out
@@ -224,7 +358,7 @@ def wakeup_path(root: str) -> str:
 
 def touch_wakeup(root: str) -> None:
     """Tell streaming probes that an allocation changed state (they poll this file's identity)."""
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         data = f"{time.time():.6f} {os.getpid()} {os.urandom(4).hex()}\n".encode("ascii")
         atomic_write(wakeup_path(root), data, durable=False)
 
@@ -240,7 +374,7 @@ def wakeup_token(root: str) -> tuple:
 
 def print_json(doc: object) -> None:
     """Print one JSON document on stdout and flush it (BrokenPipeError reaches the caller)."""
-    sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+    sys.stdout.write(dumps(doc) + "\n")
     sys.stdout.flush()
 
 
@@ -262,10 +396,8 @@ class ChannelWatch:
         self.pokes = 0  # written by the reader thread only
         self._seen = 0  # pokes already reported by poked()
         if watch_stdin:
-            import threading  # only the streaming verbs pay for it
-
-            self._wake = threading.Event()
-            threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+            self._wake = Wake()
+            _thread.start_new_thread(self._read_stdin, ())
 
     def reason(self, wait_ms: int = 0) -> str:
         """"" while the verb should go on; otherwise why it should stop. Waits up to wait_ms (less when
@@ -274,8 +406,7 @@ class ChannelWatch:
             self.closed = "parent process exited"
         if not self.closed and wait_ms > 0:
             if self.watch_stdin:
-                self._wake.wait(wait_ms / 1000.0)
-                self._wake.clear()
+                self._wake.wait_and_clear(wait_ms / 1000.0)
             else:
                 time.sleep(wait_ms / 1000.0)
             if os.getppid() != self.ppid:

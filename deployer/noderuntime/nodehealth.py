@@ -13,12 +13,10 @@ after FIRST_SUCCESS_RECHECK_S, so a server that starts listening is seen at the 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
 
-from nodecommon import AllocPaths, read_json, write_json
+from nodecommon import AllocPaths, Worker, read_json, write_json
 
 DETAIL_MAX = 200
 STATUS_LINE_MAX = 4096
@@ -28,11 +26,11 @@ FIRST_SUCCESS_RECHECK_S = 0.2
 def check_http(check: dict) -> tuple:
     """(ok, detail) of one HTTP GET: the status line only. A plain socket rather than http.client,
     whose import (email, ssl: 25-35 ms) every probe of the node would pay."""
-    import socket  # only where a socket check runs
     deadline = time.monotonic() + check["timeout"]
     request = (f"GET {request_target(check['path'])} HTTP/1.0\r\nHost: {host_header(check['host'], check['port'])}\r\n"
                "User-Agent: flex-health\r\nConnection: close\r\n\r\n")
-    with socket.create_connection((check["host"], check["port"]), timeout=check["timeout"]) as sock:
+    sock = connect(check["host"], check["port"], check["timeout"])
+    try:
         sock.sendall(request.encode("ascii"))
         head = b""
         while b"\n" not in head and len(head) < STATUS_LINE_MAX:
@@ -44,7 +42,30 @@ def check_http(check: dict) -> tuple:
             if not chunk:
                 break
             head += chunk
+    finally:
+        sock.close()
     return parse_status_line(head)
+
+
+def connect(host: str, port: int, timeout: float):
+    """socket.create_connection((host, port), timeout) on the _socket module: the socket module's
+    import (enum, selectors: ~10 ms) would be paid by every probe that runs a check."""
+    import _socket
+    error = None
+    try:  # an ASCII name as bytes: a str goes through the idna codec, whose import (re) costs ~10 ms
+        name = host.encode("ascii")
+    except UnicodeEncodeError:
+        name = host
+    for family, kind, proto, _, address in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"{host}: no address")
 
 
 def request_target(path: str) -> str:
@@ -72,8 +93,7 @@ def parse_status_line(head: bytes) -> tuple:
 
 def check_tcp(check: dict) -> tuple:
     """(ok, detail) of one TCP connect."""
-    import socket  # only where a socket check runs
-    socket.create_connection((check["host"], check["port"]), timeout=check["timeout"]).close()
+    connect(check["host"], check["port"], check["timeout"]).close()
     return True, f"connected to {check['host']}:{check['port']}"
 
 
@@ -96,7 +116,7 @@ def check_command(check: dict, env: dict, cwd: str) -> tuple:
 
 def _kill_group(pgid: int) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, 9)  # SIGKILL (the signal module imports enum)
     except OSError:
         pass
 
@@ -117,8 +137,8 @@ def run_check(check: dict, env: dict, cwd: str) -> dict:
 
 def error_detail(exc: Exception, timeout: float) -> str:
     """The detail of a check that raised: "timed out after N s", else the exception's type and text."""
-    socket = sys.modules.get("socket")  # socket.timeout is not TimeoutError before Python 3.10
-    if isinstance(exc, TimeoutError) or (socket is not None and isinstance(exc, socket.timeout)):
+    sockets = sys.modules.get("_socket")  # its timeout is not TimeoutError in every version
+    if isinstance(exc, TimeoutError) or (sockets is not None and isinstance(exc, sockets.timeout)):
         return f"timed out after {timeout:g} s"
     return f"{type(exc).__name__}: {exc}"
 
@@ -190,8 +210,7 @@ def run_checks(jobs: list) -> dict:
         if cached is not None:
             results[paths.alloc_id] = cached
             continue
-        thread = threading.Thread(target=_run_one, args=(paths, spec, results), daemon=True)
-        thread.start()
+        thread = Worker(_run_one, paths, spec, results)
         threads.append((paths, spec, thread))
     deadline = time.monotonic() + max([s["health"]["timeout"] for _, s, _ in threads] or [0]) + 1.0
     for paths, spec, thread in threads:

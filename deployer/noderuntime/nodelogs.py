@@ -8,10 +8,11 @@ the previous run's files become <stream>.prev.log(.1) for `logs --previous`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import time
+
+from nodecommon import suppress
 
 STREAMS = ("stdout", "stderr")
 TAIL_BLOCK = 8192
@@ -80,14 +81,14 @@ class CappedLog:
     def rotate(self) -> None:
         """Move the current file to <path>.1 (replacing it) and start an empty one."""
         self.close()
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.replace(self.path, self.rotated)
         self._open()
 
     def close(self) -> None:
         """Close the file (further writes reopen it)."""
         if self.fd >= 0:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(self.fd)
         self.fd = -1
 
@@ -97,9 +98,9 @@ def rotate_previous(paths) -> None:
     for stream in STREAMS:
         for rotated in (False, True):
             current, previous = paths.log(stream, False, rotated), paths.log(stream, True, rotated)
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(previous)
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.replace(current, previous)
 
 
@@ -180,7 +181,7 @@ class Follower:
         if self.fd < 0 and not self._open():
             return []
         out = self._drain()
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             if os.stat(self.path).st_ino != self.ino:
                 out += self._drain()
                 os.close(self.fd)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 
 from nodecommon import (
@@ -26,6 +25,7 @@ from nodecommon import (
     AllocPaths,
     ChannelWatch,
     NodeError,
+    Worker,
     list_alloc_ids,
     print_json,
     read_json,
@@ -100,8 +100,7 @@ class GpuCollector:
         if self.pending is not None and self.pending.is_alive():
             return _unknown(f"NVML has not answered for more than {self.timeout:g} s (driver hung?)")
         box = {}
-        thread = threading.Thread(target=lambda: box.update(doc=_collect_gpus()), daemon=True)
-        thread.start()
+        thread = Worker(lambda: box.update(doc=_collect_gpus()))
         thread.join(self.timeout)
         if thread.is_alive():
             self.pending = thread

@@ -21,13 +21,19 @@ env.secret (0600): a JSON object {NAME: "value"} read by the supervisor only.
 from __future__ import annotations
 
 import os
-import re
 import stat
 
 from nodecommon import AllocPaths, NodeError, read_json
 from nodeproc import signal_number
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ENV_NAME_CHARS = frozenset(_LETTERS + "0123456789_")
+GPU_ID_CHARS = frozenset(_LETTERS + "0123456789_:.-")
+
+
+def valid_env_name(name: str) -> bool:
+    """[A-Za-z_][A-Za-z0-9_]* (without re: its import is ~5 ms of every verb)."""
+    return bool(name) and (name[0] in _LETTERS or name[0] == "_") and ENV_NAME_CHARS.issuperset(name)
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 HEALTH_TYPES = ("http", "tcp", "command")
@@ -97,7 +103,7 @@ def _env(value, where: str, problems: list) -> dict:
         return {}
     out = {}
     for name, item in value.items():
-        if not ENV_NAME_RE.match(name):
+        if not valid_env_name(name):
             problems.append(f"{where} name {name!r} is not a valid variable name")
         elif not isinstance(item, str) or "\0" in item:
             problems.append(f"{where} {name} must be a string without NUL bytes")
@@ -110,7 +116,7 @@ def _gpus(value, problems: list):
     if value is None:
         return None
     if (isinstance(value, list) and all(isinstance(g, (int, str)) and not isinstance(g, bool) for g in value)
-            and all(re.match(r"^[A-Za-z0-9_:.-]+$", str(g)) for g in value)):
+            and all(str(g) and GPU_ID_CHARS.issuperset(str(g)) for g in value)):
         return [str(g) for g in value]
     problems.append("gpus must be a list of GPU indices or uuids")
     return None

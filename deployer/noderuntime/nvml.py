@@ -32,7 +32,6 @@ the next call after NVML itself failed.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -284,6 +283,8 @@ def _text(value: Any) -> str | None:
 
 def main() -> int:
     """`python3 nvml.py`: print this node's GPU document as one line of JSON."""
+    import json  # only when run by hand: the probe imports this module, and json costs it re and enum
+
     sys.stdout.write(json.dumps(collect_gpus()) + "\n")
     return 0
 
