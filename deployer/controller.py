@@ -29,6 +29,7 @@ from deployer.models import (
     NODE_READY,
     NODE_UNREACHABLE,
     NODE_UNTRUSTED,
+    AllocationObservation,
     Host,
     Inventory,
     JobSpec,
@@ -365,7 +366,7 @@ class Controller:
             elif obs.is_alive and not troubled and timers.exit_seen_at is not None:
                 timers = replace(timers, exit_seen_at=None)
             if obs.is_alive and obs.status == "running" and timers.running_since is None:
-                timers = replace(timers, running_since=now)
+                timers = replace(timers, running_since=now - _up_for(node, obs))
             self.timers[alloc.id] = timers
 
     def _done(self, item: Item, ok: bool) -> None:
@@ -463,6 +464,16 @@ async def _quietly(op: Any) -> None:
         await op
     except Exception:  # a renewal that fails is retried next time; fencing is the node's safety net
         log.debug("lease renewal failed", exc_info=True)
+
+
+def _up_for(node: NodeState | None, obs: AllocationObservation) -> float:
+    """How long the run has been up by the node's own clock (its document's time minus the run's
+    start): the settle counts from the launch, not from when this controller first saw it up, which
+    on a busy push is seconds later. 0 when the node did not say; never more than 1 minute, so a node
+    clock stepped backwards or forwards cannot skip a settle by much."""
+    if node is None or node.node_time is None or obs.started_at is None:
+        return 0.0
+    return min(60.0, max(0.0, node.node_time - obs.started_at))
 
 
 def _allocs_changed(before: NodeState, after: NodeState) -> bool:

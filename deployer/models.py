@@ -442,6 +442,7 @@ class NodeState:
     allocations: Mapping[str, AllocationObservation] = field(default_factory=lambda: EMPTY)
     orphans: tuple[Mapping[str, Any], ...] = ()
     rtt: float | None = None
+    node_time: float | None = None  # the node's wall clock when it wrote the document
 
     @property
     def is_ready(self) -> bool:

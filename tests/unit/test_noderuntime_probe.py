@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,16 @@ def test_the_controller_parser_reads_the_probe_document(node: Node) -> None:
     except Exception as exc:  # noqa: BLE001 - the controller side is written in parallel
         pytest.skip(f"deployer.probe is not importable yet: {exc}")
     node.start("web-1", argv=["sleep", "30"])
+    time.sleep(0.3)
     state = parse_probe("n1", json.dumps(node.run("probe")), observed_at=time.time())
     assert state.allocations["web-1"].pid == node.state("web-1")["pid"]
+    from deployer.controller import _up_for
+
+    # the settle counts from the run's start by the node's clock, not from when a controller saw it
+    assert 0.3 <= _up_for(state, state.allocations["web-1"]) < 5
+    assert _up_for(replace(state, node_time=None), state.allocations["web-1"]) == 0.0
+    assert _up_for(replace(state, node_time=state.allocations["web-1"].started_at - 30), state.allocations["web-1"]) == 0
+    assert _up_for(replace(state, node_time=state.allocations["web-1"].started_at + 3600), state.allocations["web-1"]) == 60
 
 
 def test_a_workload_whose_supervisor_and_process_vanished_is_reported_lost(node: Node) -> None:
