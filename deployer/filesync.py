@@ -4,9 +4,9 @@ Two commands per sync, whatever the number of files (each bounded by a remote-si
 
 1. `python3 -c HASH_SCRIPT` reads a JSON list of target paths on stdin and prints
    {path: [sha256, mode] | null}. Files whose digest and mode already match are left alone.
-2. `python3 -c WRITE_SCRIPT` (the node runtime's nodewrite.py) reads a JSON header line ([[path,
-   mode, size, sha256], ...]) then the raw contents, back to back, on stdin. Each file goes to a temp
-   file in its target's directory (mkstemp: 0600 from birth, then fchmod to its mode), is fsynced and
+2. `python3 -c WRITE_SCRIPT` (the node runtime's nodewrite.py) reads a header (path, mode, size and
+   sha256 of each file: see payload) then the raw contents, back to back, on stdin. Each file goes to a
+   temp file in its target's directory (O_EXCL: 0600 from birth, then fchmod to its mode), is fsynced and
    checked against its sha256; only when EVERY file of the batch is written are they renamed over
    their targets and the directories fsynced. An interrupted push (input ends early, SIGTERM/SIGHUP
    from `timeout` or a lost connection) or a full disk removes the temp files and leaves every target
@@ -106,6 +106,7 @@ def prepare(files: Sequence[FileLike]) -> list[Upload]:
         path = spec.remote_path
         if not posixpath.isabs(path) or "\0" in path or path.endswith("/") or path in seen:
             raise ValueError(f"remote path must be absolute, unique and name a file: {path!r}")
+        path.encode("utf-8", "surrogateescape")  # UnicodeEncodeError (a ValueError): no file can have it
         seen.add(path)
         data = spec.read()
         uploads.append(Upload(spec, data, hashlib.sha256(data).hexdigest()))
@@ -132,9 +133,12 @@ def batches(uploads: Sequence[Upload], limit: int) -> Iterator[list[Upload]]:
 
 
 def payload(group: Sequence[Upload]) -> bytes:
-    """The write script's stdin: a JSON header line, then every content back to back."""
-    header = [[u.path, u.spec.mode & 0o7777, len(u.data), u.digest] for u in group]
-    return json.dumps(header).encode() + b"\n" + b"".join(u.data for u in group)
+    """The write script's stdin: the header's length in bytes and a newline, the header (path, mode,
+    size and sha256 of each file, each field followed by a NUL: no path holds one), then every content
+    back to back. Not JSON: the node parses it without importing json (~13 ms of CPU per sync)."""
+    fields = [f"{u.path}\0{u.spec.mode & 0o7777}\0{len(u.data)}\0{u.digest}\0" for u in group]
+    header = "".join(fields).encode("utf-8", "surrogateescape")
+    return b"%d\n" % len(header) + header + b"".join(u.data for u in group)
 
 
 async def sync_files(conn: CommandRunner, files: Sequence[FileLike], settings: TransportSettings, *,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
+from deployer.sshimport import asyncssh
 
 from deployer.models import Host
 from deployer.transporterrors import HostKeyChanged, HostKeyUnknown, UntrustedHost

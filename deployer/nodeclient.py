@@ -24,7 +24,7 @@ from deployer.connection import Result, Secret
 from deployer.errors import FlexError, ProbeError, TransportError
 from deployer.filesync import payload, prepare
 from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
-from deployer.noderuntime import ENTRY_POINT, RuntimeFile, runtime_files, runtime_id
+from deployer.noderuntime import ENTRY_POINT, RuntimeFile, runtime_bytecode, runtime_files, runtime_id
 from deployer.probe import parse_probe
 from deployer.transport import Transport
 
@@ -129,11 +129,16 @@ class NodeClient:
         """Push the node runtime (and pynvml.py) by checksum; True when any file travelled. missing: the
         node said it lacks this runtime, so every file travels without a checksum command first.
 
-        The entry point goes last in the batch, so it exists only once every other file does (the
-        verbs rely on that: see runtime_missing)."""
+        The modules' bytecode goes with them (runtime_bytecode: compiled here once per process), so
+        the node's first verb does not compile them. The entry point goes last in the batch, so it
+        exists only once every other file does (the verbs rely on that: see runtime_missing)."""
         target = await self.runtime_dir()
-        ordered = sorted(self._files, key=lambda f: f.name == ENTRY_POINT)
-        files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in ordered]
+        entry = [f for f in self._files if f.name == ENTRY_POINT]
+        files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode)
+                 for f in self._files if f.name != ENTRY_POINT]
+        files += [PushFile.from_bytes(data, posixpath.join(target, name), 0o644)
+                  for name, data in runtime_bytecode(self._files)]
+        files += [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in entry]
         result = await self.transport.sync(self.host, files, fresh=missing)
         self.installs += 1
         return bool(result.changed)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from deployer.sshimport import asyncssh
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 
-import asyncssh
+from deployer.sshimport import asyncssh
 
 from deployer.errors import TransportError
 from deployer.models import Host

@@ -12,7 +12,7 @@ import asyncio
 import collections
 from collections.abc import Callable
 
-import asyncssh
+from deployer.sshimport import asyncssh
 
 from deployer.connection import settle_reader, signal_number
 from deployer.sshfailures import lost_error

@@ -4,14 +4,19 @@ The files in this directory (except this one) run ON THE NODE under its python3 
 `flexnode.py` is the single entry point (its docstring documents the node layout and every verb).
 The controller pushes them, plus the `pynvml` module file of the installed nvidia-ml-py, into
 <root>/runtime/<runtime_id()>/ by checksum, and runs `python3 <that dir>/flexnode.py VERB ...`.
+Beside them go their bytecode files (runtime_bytecode()), so a node's first verb imports instead of
+compiling; they are derived from the sources, so they are not part of the runtime id.
 
 This module runs on the controller only (Python 3.11).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import marshal
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,8 +24,13 @@ from deployer.noderuntime.nodecommon import VERSION
 
 HERE = Path(__file__).resolve().parent
 ENTRY_POINT = "flexnode.py"
+# Sources shipped without bytecode: the entry point runs as a script, which python compiles on every
+# run and never reads from __pycache__; pynvml.py (~300 KiB) is imported on GPU nodes only, where the
+# node's python writes its own bytecode on the first import.
+NOT_COMPILED = frozenset({ENTRY_POINT, "pynvml.py"})
 
-__all__ = ["ENTRY_POINT", "VERSION", "RuntimeFile", "pynvml_path", "runtime_files", "runtime_id"]
+__all__ = ["ENTRY_POINT", "NOT_COMPILED", "VERSION", "RuntimeFile", "pynvml_path", "runtime_bytecode",
+           "runtime_files", "runtime_id"]
 
 
 class RuntimeFile(NamedTuple):
@@ -70,3 +80,29 @@ def runtime_id(files: tuple[RuntimeFile, ...] | None = None) -> str:
     for item in files if files is not None else runtime_files():
         digest.update((f"{item.name} {item.sha256}\n").encode())
     return f"{VERSION}-{digest.hexdigest()[:12]}"
+
+
+@functools.cache
+def runtime_bytecode(files: tuple[RuntimeFile, ...] | None = None) -> tuple[tuple[str, bytes], ...]:
+    """("__pycache__/<module>.<cache tag>.pyc", content) for every runtime module but NOT_COMPILED,
+    compiled by this interpreter once per process, on the first call (an install).
+
+    The files are checked-hash pycs (PEP 552): 4 bytes magic number, 4 bytes flags (0b11: hash-based,
+    check the source), the 8-byte importlib.util.source_hash() of the source, then the marshalled code
+    object, as `py_compile.compile(invalidation_mode=CHECKED_HASH)` writes them. A node's python
+    whose cache tag is this one's (same minor version) loads them after hashing the source (a
+    changed source is compiled again, never run stale); any other python ignores them. Not part of
+    the runtime id: they follow from the sources. Empty when this interpreter caches no bytecode.
+    """
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        return ()
+    out = []
+    for item in files if files is not None else runtime_files():
+        if item.name in NOT_COMPILED or not item.name.endswith(".py"):
+            continue
+        source = item.path.read_bytes()
+        code = compile(source, item.name, "exec", dont_inherit=True, optimize=0)  # the node runs without -O
+        header = importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little") + importlib.util.source_hash(source)
+        out.append((f"__pycache__/{item.name[:-3]}.{tag}.pyc", header + marshal.dumps(code)))
+    return tuple(out)

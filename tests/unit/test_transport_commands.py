@@ -179,8 +179,10 @@ def test_batches_respect_the_byte_limit() -> None:
 
 def test_payload_is_header_then_contents() -> None:
     uploads = prepare([(b"ab", "/a", 0o600), (b"c", "/c", 0o644)])
-    head, body = payload(uploads).split(b"\n", 1)
-    assert json.loads(head) == [["/a", 0o600, 2, uploads[0].digest], ["/c", 0o644, 1, uploads[1].digest]]
+    length, rest = payload(uploads).split(b"\n", 1)
+    head, body = rest[:int(length)], rest[int(length):]
+    fields = ["/a", str(0o600), "2", uploads[0].digest, "/c", str(0o644), "1", uploads[1].digest]
+    assert head == "".join(field + "\0" for field in fields).encode()
     assert body == b"abc"
 
 
