@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -76,7 +75,7 @@ class Controller:
         self.inventory = inventory
         self.store = store
         self.settings = settings or ControllerSettings()
-        self.owner = f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.hosts: dict[str, Host] = {h.name: h for h in inventory.hosts}
         self.pool = Pool(inventory.hosts, transport)
         self.clients: dict[str, NodeClient] = {}
@@ -448,7 +447,7 @@ def live_lease_holder(store: Store) -> Any:
     """The controller holding the state database's lease, or None when none does or its holder is a
     process of this machine that is gone (a lease left by a SIGKILLed controller)."""
     holder = store.lease_holder(time.time())
-    if holder is None or holder.hostname != platform.node() or holder.pid is None:
+    if holder is None or holder.hostname != os.uname().nodename or holder.pid is None:
         return holder
     try:
         os.kill(holder.pid, 0)

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from deployer import schemacache
 from deployer.document import Document, did_you_mean, load_document
 from deployer.errors import ConfigError, Location, Problem
 from deployer.models import (
@@ -48,10 +49,15 @@ T = TypeVar("T")
 
 
 @lru_cache(maxsize=1)
+def job_schema_text() -> str:
+    """The job JSON Schema shipped in deployer/schemas, as text."""
+    return resources.files("deployer.schemas").joinpath("job.schema.json").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
 def job_schema() -> dict[str, Any]:
     """The job JSON Schema shipped in deployer/schemas (what `flex schema job` prints)."""
-    text = resources.files("deployer.schemas").joinpath("job.schema.json").read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
+    schema: dict[str, Any] = json.loads(job_schema_text())
     return schema
 
 
@@ -134,7 +140,18 @@ def validate_job(doc: Document) -> list[Problem]:
     if not isinstance(doc.data, Mapping):
         return [doc.problem((), f"expected a job spec (a mapping with at least name and command), got "
                             f"{shown(doc.data)}", "start from an example in playbooks/")]
-    return schema_problems(doc, job_schema()) + rule_problems(doc)
+    return _schema_problems(doc) + rule_problems(doc)
+
+
+def _schema_problems(doc: Document) -> list[Problem]:
+    """The schema's problems with doc; a document that passed before is not checked again (schemacache)."""
+    digest = schemacache.key(job_schema_text(), doc.data)
+    if digest is not None and schemacache.seen_valid(digest):
+        return []
+    problems = schema_problems(doc, job_schema())
+    if digest is not None and not problems:
+        schemacache.remember_valid(digest)
+    return problems
 
 
 def parse_job(document: Document) -> JobSpec:

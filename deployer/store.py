@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sqlite3
 import threading
 import time
@@ -214,7 +213,7 @@ class Transaction(Reader):
             return False
         acquired = row["acquired_at"] if row is not None and row["owner"] == owner else now
         self._exec("INSERT OR REPLACE INTO controller_lease VALUES (1, ?, ?, ?, ?, ?, ?)",
-                   (owner, os.getpid() if pid is None else pid, platform.node() if hostname is None else hostname,
+                   (owner, os.getpid() if pid is None else pid, os.uname().nodename if hostname is None else hostname,
                     acquired, now, now + ttl))
         return True
 
