@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployer.sshimport import asyncssh
-
 from deployer.models import Host
+from deployer.sshimport import asyncssh
 from deployer.transporterrors import HostKeyChanged, HostKeyUnknown, UntrustedHost
 
 logger = logging.getLogger(__name__)

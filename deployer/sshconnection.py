@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deployer.sshimport import asyncssh
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -54,6 +53,7 @@ from deployer.hostkeys import (
 )
 from deployer.models import Host
 from deployer.sshfailures import ChannelRefused, connect_failure, lost_error
+from deployer.sshimport import asyncssh
 from deployer.sshstream import WATCHDOG, SshStream
 from deployer.transporterrors import (
     AuthFailed,

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import errno
 
-from deployer.sshimport import asyncssh
-
 from deployer.errors import TransportError
 from deployer.models import Host
+from deployer.sshimport import asyncssh
 from deployer.transporterrors import (
     AuthFailed,
     ConnectionLost,

@@ -12,10 +12,9 @@ import asyncio
 import collections
 from collections.abc import Callable
 
-from deployer.sshimport import asyncssh
-
 from deployer.connection import settle_reader, signal_number
 from deployer.sshfailures import lost_error
+from deployer.sshimport import asyncssh
 
 # Runs a streamed command in its own process group and stops that group when the channel goes
 # away (stdin EOF): closing a channel alone would leave the command running on the node.
