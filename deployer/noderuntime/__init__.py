@@ -1,7 +1,7 @@
 """The flex node runtime: the files flex pushes to every node's flex root, and their manifest.
 
 The files in this directory (except this one) run ON THE NODE under its python3 (3.8+, stdlib only);
-`flexnode.py` is the single entry point (its docstring documents the node layout and every verb).
+`flexnode.py` is the single entry point (nodecli.py, which it imports, documents the node layout and every verb).
 The controller pushes them, plus the `pynvml` module file of the installed nvidia-ml-py, into
 <root>/runtime/<runtime_id()>/ by checksum, and runs `python3 <that dir>/flexnode.py VERB ...`.
 Beside them go their bytecode files (runtime_bytecode()), so a node's first verb imports instead of

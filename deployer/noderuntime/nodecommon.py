@@ -1,6 +1,6 @@
 """Shared helpers of the flex node runtime: ids, paths, atomic JSON files, locks, events.
 
-Runs under the node's python3 (3.8+), stdlib only. Imported by flexnode.py, supervisor.py and
+Runs under the node's python3 (3.8+), stdlib only. Imported by nodecli.py, supervisor.py and
 nodeprobe.py as a plain module (the runtime directory is sys.path[0]); the controller imports it as
 deployer.noderuntime.nodecommon for VERSION, so it imports nothing from the runtime itself.
 """
