@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from deployer.connection import FileSpec as PushFile
-from deployer.connection import Result, Secret
+from deployer.connection import LineStream, Result, Secret
 from deployer.errors import FlexError, ProbeError, TransportError
 from deployer.filesync import payload, prepare
 from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
@@ -102,6 +102,10 @@ class NodeClient:
         self._root: str | None = host.flex_root
         self._files, self._runtime_id = _runtime_manifest()
         self.installs = 0  # how many times this client pushed the runtime (it does when a verb misses it)
+        self._stream: LineStream | None = None  # the open probe stream, which also serves requests
+        self._calls: dict[int, Any] = {}  # call number -> the future its reply resolves
+        self._next_call = 0
+        self.stream_calls = 0  # requests answered over the probe stream (no command of their own)
 
     async def root(self) -> str:
         """The node's flex root: flex_root, /var/lib/flex for root, else ~/.local/share/flex.
@@ -169,8 +173,11 @@ class NodeClient:
         files = self._allocation_files(launch, alloc_dir, secrets)
         if launch.fresh:
             data = payload(prepare(files))
-            return await self.verb("start", launch.alloc_id, "--files", input=data,
-                                   timeout=VERB_TIMEOUT + len(data) / (1 << 20))
+            timeout = VERB_TIMEOUT + len(data) / (1 << 20)
+            doc = await self._call_on_stream(["start", launch.alloc_id, "--files"], data, timeout)
+            if doc is not None:
+                return doc
+            return await self.verb("start", launch.alloc_id, "--files", input=data, timeout=timeout)
         await self.transport.sync(self.host, files)
         return await self.verb("start", launch.alloc_id)
 
@@ -229,13 +236,66 @@ class NodeClient:
         argv = await self._argv("probe", "--stream", "--interval", f"{interval:g}")
         for attempt in (1, 2):
             async with self.transport.stream(self.host, argv, watches_stdin=True) as lines:
-                async for line in lines:
-                    if line.strip():
-                        yield parse_probe(self.host.name, line, observed_at=time.monotonic())
+                self._stream = lines
+                try:
+                    async for line in lines:
+                        if not line.strip():
+                            continue
+                        try:
+                            doc = json.loads(line)
+                        except ValueError:
+                            doc = line  # parse_probe says what is wrong with it
+                        if isinstance(doc, dict) and "reply" in doc:
+                            self._answer(doc)
+                            continue
+                        yield parse_probe(self.host.name, doc, observed_at=time.monotonic())
+                finally:
+                    self._stream = None
+                    self._fail_calls()
                 missing = runtime_missing(lines.exit_status, "\n".join(lines.stderr_tail))
             if not missing or attempt == 2:
                 return
             await self.install(missing=True)
+
+    async def _call_on_stream(self, argv: list[str], data: bytes, timeout: float) -> dict[str, Any] | None:
+        """Run a verb by the open probe stream (nodecli.serve_request): the verb's document, or None
+        when no stream is open or it ended or went quiet before answering (the caller then runs the
+        verb as a command; the verbs served so are idempotent)."""
+        import asyncio
+
+        lines = self._stream
+        if lines is None:
+            return None
+        self._next_call += 1
+        call = self._next_call
+        answer = asyncio.get_running_loop().create_future()
+        self._calls[call] = answer
+        head = json.dumps({"call": call, "argv": argv, "input": len(data)}, separators=(",", ":"))
+        try:
+            await lines.send(head.encode() + b"\n" + data)
+            doc: dict[str, Any] = await asyncio.wait_for(answer, timeout)
+        except (FlexError, TimeoutError, ConnectionError) as exc:
+            log.info("%s: %s over the probe stream got no answer (%s); running it as a command",
+                     self.host.name, argv[0], exc)
+            return None
+        finally:
+            self._calls.pop(call, None)
+        self.stream_calls += 1
+        return doc
+
+    def _answer(self, reply: Mapping[str, Any]) -> None:
+        answer = self._calls.get(reply.get("reply"))  # type: ignore[arg-type]
+        doc = reply.get("doc")
+        if answer is not None and not answer.done():
+            if isinstance(doc, dict):
+                answer.set_result(doc)
+            else:
+                answer.set_exception(ProbeError(f"{self.host.name}: a stream reply without a document: {reply!r}"))
+
+    def _fail_calls(self) -> None:
+        for answer in self._calls.values():
+            if not answer.done():
+                answer.set_exception(ConnectionError("the probe stream ended"))
 
 
 def runtime_missing(exit_status: int | None, stderr: str) -> bool:

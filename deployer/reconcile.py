@@ -50,7 +50,9 @@ from deployer.plan import (
 from deployer.reconcile_jobs import JobPass, occupies, place_job
 
 FINAL = ("complete", "failed", "lost", "stopped")  # observed states that need nothing more
-SETTLE = 1.0  # seconds a run must be up before it counts as running (a crash at start is no success)
+SETTLE = 1.0  # seconds a run without a health check must be up before it counts as running (a crash at
+# start is no success); a run with a health check counts as running at its first passing check, which a
+# process that crashes at start cannot give (Kubernetes' readiness, minReadySeconds 0)
 LEASE_MARGIN = 2.0  # seconds past the lease TTL before a replacement may start (F7: no overlap)
 
 
@@ -205,7 +207,7 @@ def _decide_alive(alloc: Allocation, job: DesiredJob, obs: AllocationObservation
                      f"({obs.health.detail or 'no detail'})", target)
         return
     healthy = health is None or (obs.health is not None and obs.health.ok)
-    settle = min(job.spec.update.min_healthy_time, SETTLE)
+    settle = 0.0 if health is not None else min(job.spec.update.min_healthy_time, SETTLE)
     settled = alloc.observed_status == "running" or (  # adopted as running: no demotion on a controller restart
         timers.running_since is not None and now - timers.running_since >= settle)
     observed = "running" if obs.status == "running" and healthy and settled else "starting"

@@ -66,7 +66,7 @@ try:  # without the signal module's enums (see nodeproc)
 except ImportError:  # pragma: no cover
     import signal
 
-from nodecommon import VERSION, AllocPaths, ChannelWatch, NodeError, print_json
+from nodecommon import VERSION, AllocPaths, ChannelWatch, NodeError, check_alloc_id, print_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -209,14 +209,7 @@ def run(args) -> int:
     root = resolve_root(args.root)
     import nodectl
     if args.verb == "start":
-        if args.files:  # a new allocation: its files and its start in one process and one round trip
-            import nodewrite
-            try:
-                nodewrite.write_batch(sys.stdin.buffer)
-            except nodewrite.WriteFailed as exc:
-                raise NodeError(f"allocation {args.alloc_id}: its files were not placed: {exc}", code="write",
-                                phase=exc.doc["phase"], path=exc.doc["path"], errno=exc.doc["errno"]) from None
-        print_json(nodectl.start(root, args.alloc_id, args.wait))
+        print_json(start(root, args, sys.stdin.buffer))
     elif args.verb == "stop":
         print_json(nodectl.stop(root, args.alloc_id, args.timeout, args.signal))
     elif args.verb == "status":
@@ -236,6 +229,50 @@ def run(args) -> int:
     return 0
 
 
+def start(root: str, args, stdin) -> dict:
+    """The start verb's document; with --files the allocation's files are first placed from stdin
+    (a new allocation: its files and its start in one process and one round trip)."""
+    import nodectl
+    check_alloc_id(args.alloc_id)
+    if args.files:
+        import nodewrite
+        try:
+            nodewrite.write_batch(stdin)
+        except nodewrite.WriteFailed as exc:
+            raise NodeError(f"allocation {args.alloc_id}: its files were not placed: {exc}", code="write",
+                            phase=exc.doc["phase"], path=exc.doc["path"], errno=exc.doc["errno"]) from None
+        except ValueError as exc:  # not nodewrite's format: nothing was written
+            raise NodeError(f"allocation {args.alloc_id}: unreadable files on stdin: {exc}", code="write",
+                            phase="read", path=None, errno=0) from None
+    return nodectl.start(root, args.alloc_id, args.wait)
+
+
+# verbs a probe stream serves from its stdin: quick ones only (the stream prints no document meanwhile)
+STREAM_VERBS = ("start",)
+
+
+def serve_request(root: str, head: dict, data: bytes) -> dict:
+    """A probe stream's answer to one request read from its stdin (see ChannelWatch):
+    {"reply": CALL, "doc": the verb's document}. The launch of a new allocation needs no interpreter
+    and no SSH channel of its own this way; the supervisor is forked from this process."""
+    call = head.get("call")
+    try:
+        argv = head.get("argv")
+        if "bad" in head or not isinstance(argv, list) or not argv or argv[0] not in STREAM_VERBS \
+                or not all(isinstance(a, str) for a in argv):
+            raise NodeError(f"not a request this stream serves: {head.get('bad') or argv!r} (it serves "
+                            f"{', '.join(STREAM_VERBS)})", code="usage", exit_status=2)
+        import io
+        doc = start(root, parse_args(["--root", root, *argv]), io.BytesIO(data))
+    except NodeError as exc:
+        doc = exc.to_json()
+    except Exception as exc:  # noqa: BLE001 - one failed request must not end the stream
+        import traceback
+        traceback.print_exc()
+        doc = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}", "code": "internal"}
+    return {"reply": call, "doc": doc}
+
+
 def probe(root: str, args) -> int:
     """One document, or the stream."""
     import nodeprobe
@@ -243,7 +280,8 @@ def probe(root: str, args) -> int:
         if args.interval <= 0:
             raise NodeError("--interval must be > 0", code="usage", exit_status=2)
         watch = ChannelWatch(watch_stdin=not args.ignore_stdin, max_seconds=args.duration)
-        return nodeprobe.stream(root, args.interval, watch, args.count, health=not args.no_health)
+        return nodeprobe.stream(root, args.interval, watch, args.count, health=not args.no_health,
+                                serve=lambda head, data: serve_request(root, head, data))
     print_json(nodeprobe.probe_document(root, nodeprobe.GpuCollector(), health=not args.no_health))
     return 0
 

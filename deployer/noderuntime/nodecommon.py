@@ -381,7 +381,10 @@ def print_json(doc: object) -> None:
 class ChannelWatch:
     """Why a long-running verb (probe --stream, logs --follow) must end: stdin closed (the SSH channel
     is gone), the parent process changed (sshd or the shell died), or the optional duration passed.
-    A line arriving on stdin is a poke: `poked()` reports it once (the stream answers at once).
+    A line arriving on stdin is a poke: `poked()` reports it once (the stream answers at once). A
+    line that is a JSON object is a request instead: {"call": N, "argv": [VERB, ...], "input": BYTES}
+    followed by that many bytes of the verb's stdin; `requests` holds (head, input) pairs in order
+    (the probe stream serves them: see nodecli.serve_request).
 
     Stdin is read by a thread, so the end of the channel is seen even while the main thread is stuck
     (a hung NVML call, a slow disk): the verb gets exit_after seconds to end by itself, then the
@@ -395,6 +398,7 @@ class ChannelWatch:
         self.closed = ""
         self.pokes = 0  # written by the reader thread only
         self._seen = 0  # pokes already reported by poked()
+        self.requests: list = []  # (head, input): appended by the reader thread, popped by the main thread
         if watch_stdin:
             self._wake = Wake()
             _thread.start_new_thread(self._read_stdin, ())
@@ -416,19 +420,51 @@ class ChannelWatch:
         return self.closed
 
     def _read_stdin(self) -> None:
+        buffer = bytearray()
         while True:
             try:
-                data = os.read(0, 4096)
+                data = os.read(0, 65536)
             except OSError:
                 data = b""
             if not data:
                 break
-            self.pokes += data.count(b"\n")
-            self._wake.set()
+            buffer += data
+            if self._take(buffer):
+                self._wake.set()
         self.closed = self.closed or "stdin closed"
         self._wake.set()
         time.sleep(self.exit_after)  # the main thread had its chance to end cleanly
         os._exit(0)
+
+    def _take(self, buffer: bytearray) -> bool:
+        """Consume the pokes and whole requests at the start of buffer (the rest stays for the next
+        read); True when there was any."""
+        news = False
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                return news
+            if buffer[:1] != b"{":
+                self.pokes += 1
+                del buffer[:end + 1]
+                news = True
+                continue
+            try:
+                head = loads(buffer[:end].decode("utf-8"))
+                size = int(head.get("input") or 0) if isinstance(head, dict) else -1
+            except (ValueError, TypeError):
+                head, size = None, -1
+            if size < 0:  # answered as a request that cannot be served
+                self.requests.append(({"call": head.get("call") if isinstance(head, dict) else None,
+                                       "bad": bytes(buffer[:end][:200]).decode("utf-8", "replace")}, b""))
+                del buffer[:end + 1]
+                news = True
+                continue
+            if len(buffer) < end + 1 + size:
+                return news  # its input is still on the way
+            self.requests.append((head, bytes(buffer[end + 1:end + 1 + size])))
+            del buffer[:end + 1 + size]
+            news = True
 
     def poked(self) -> bool:
         """Whether a line arrived on stdin since the last call."""

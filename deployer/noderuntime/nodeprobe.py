@@ -261,9 +261,12 @@ def health_recheck_in(doc: dict, now=None):
     return min(waits) if waits else None
 
 
-def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, health: bool = True) -> int:
+def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, health: bool = True,
+           serve=None) -> int:
     """Print a document now, every interval and at once on an allocation change; returns 0 when the
-    channel ends (stdin closed, parent gone, EPIPE) or after count documents."""
+    channel ends (stdin closed, parent gone, EPIPE) or after count documents. Requests arriving on
+    stdin (ChannelWatch.requests) are answered in order by serve(head, input), one reply line each,
+    before the next document."""
     gpus = GpuCollector()
     token, due, recheck, seq, trigger = wakeup_token(root), 0.0, None, 0, "start"
     while True:
@@ -284,6 +287,9 @@ def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, heal
         trigger = ""
         if watch.reason(POLL_MS):
             return 0
+        while serve is not None and watch.requests:
+            head, data = watch.requests.pop(0)
+            print_json(serve(head, data))
         latest = wakeup_token(root)
         if latest != token:
             token, trigger = latest, "change"

@@ -179,6 +179,44 @@ async def test_a_fresh_launch_places_its_files_and_starts_in_one_command(tmp_pat
         await client.stop("fresh-1", timeout=2)
 
 
+async def test_with_its_probe_stream_open_a_fresh_launch_runs_no_command_of_its_own(tmp_path: Path) -> None:
+    """The open probe stream serves the launch (its stdin carries the request and the files): no SSH
+    channel, no interpreter; the supervisor is forked from the stream. Without a stream: the command."""
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    script = tmp_path / "serve.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    spec = job(command=("python3", "serve.py"), files=(JobFile(str(script), "serve.py"),), stop=StopPolicy(timeout=2.0))
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        await client.install()
+        commands: list[list[str]] = []
+        conn = pool.connection(host)
+        run = conn.run
+
+        async def counted(argv: list[str], **kwargs: Any) -> Any:
+            commands.append(list(argv))
+            return await run(argv, **kwargs)
+
+        conn.run = counted  # type: ignore[method-assign]
+        states = client.probe_stream(interval=30)
+        first = await asyncio.wait_for(states.__anext__(), 20)
+        assert first.is_ready and not first.allocations
+        pulling = asyncio.ensure_future(states.__anext__())  # the controller keeps reading its stream
+        doc = await client.launch(Launch("streamed-1", spec, fresh=True), secrets={"API_TOKEN": SECRET})
+        assert doc["ok"] and doc["pid"] and not doc.get("already_running"), doc
+        assert commands == [] and client.stream_calls == 1, commands
+        seen = await asyncio.wait_for(pulling, 5)
+        assert seen.allocations["streamed-1"].is_alive  # the change document follows the reply
+        alloc = root / "allocs" / "streamed-1"
+        assert (alloc / "env.secret").stat().st_mode & 0o777 == 0o600 and SECRET not in (alloc / "spec.json").read_text()
+        await states.aclose()
+        doc = await client.launch(Launch("streamed-2", spec, fresh=True))  # the stream is gone: the command
+        assert doc["ok"] and len(commands) == 1 and commands[0][-3:] == ["start", "streamed-2", "--files"], commands
+        await client.stop("streamed-1", timeout=2)
+        await client.stop("streamed-2", timeout=2)
+
+
 async def test_a_fresh_launch_whose_files_cannot_be_placed_starts_nothing_and_says_why(tmp_path: Path) -> None:
     root = tmp_path / "root"
     host = Host(name="local", address="localhost", connection="local", flex_root=str(root))

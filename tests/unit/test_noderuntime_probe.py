@@ -33,6 +33,7 @@ from tests.unit._noderuntime import (
     is_running,
     node,
     node_python,
+    proc_stat,
     started_process,
     wait_for,
 )
@@ -240,6 +241,68 @@ def test_the_stream_reports_an_exit_at_once_not_at_the_next_interval(node: Node,
             break
     latency = arrived - node.state("batch-1")["finished_at"]
     assert doc["trigger"] == "change" and batch["exit_code"] == 5 and 0 <= latency < 1.0, latency
+
+
+def _request(call: int, argv: list[str], files: dict[str, bytes]) -> bytes:
+    from deployer.connection import FileSpec
+    from deployer.filesync import payload, prepare
+
+    data = payload(prepare([FileSpec.from_bytes(content, path) for path, content in files.items()])) if files else b""
+    return json.dumps({"call": call, "argv": argv, "input": len(data)}).encode() + b"\n" + data
+
+
+def _reply(stream, call: int) -> dict:
+    while True:
+        _, doc = stream.next(timeout=5)
+        if "reply" in doc:
+            assert doc["reply"] == call, doc
+            return doc["doc"]
+
+
+def test_the_stream_starts_a_new_allocation_sent_on_its_stdin(node: Node, stream_factory) -> None:
+    stream = stream_factory("--interval", "5")
+    stream.next()
+    alloc = node.alloc_dir("web-1")
+    spec = json.dumps({"argv": ["sh", "-c", "cat data.txt; exec sleep 30"]}).encode()
+    request = _request(1, ["start", "web-1", "--files"], {f"{alloc}/spec.json": spec, f"{alloc}/data.txt": b"hello\n"})
+    stream.proc.stdin.write(request[:7])  # a request may arrive in pieces
+    stream.proc.stdin.flush()
+    time.sleep(0.1)
+    stream.proc.stdin.write(request[7:])
+    stream.proc.stdin.flush()
+    doc = _reply(stream, 1)
+    assert doc["ok"] and doc["alive"] and not doc["already_running"], doc
+    supervisor = doc["supervisor_pid"]
+    assert int(proc_stat(supervisor)[1]) != stream.proc.pid, "the supervisor must not be the stream's child"
+    wait_for(lambda: node.run("logs", "web-1")["lines"] == ["hello"], what="the workload's output")
+    while True:  # the launch is reported by a change document
+        _, seen = stream.next(timeout=3)
+        if seen.get("allocations", {}).get("web-1", {}).get("status") == "running":
+            break
+    stream.proc.stdin.write(_request(2, ["start", "web-1", "--files"], {f"{alloc}/spec.json": spec}))
+    stream.proc.stdin.flush()
+    assert _reply(stream, 2)["already_running"] is True  # idempotent, as the verb
+    os.kill(doc["pid"], 9)
+    node.wait_status("web-1", "exited")
+    children = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(stream.proc.pid)], capture_output=True,
+                              text=True, check=False).stdout.split()
+    assert "Z" not in "".join(children[1::2]), f"zombies under the stream: {children}"
+
+
+def test_a_request_the_stream_does_not_serve_gets_an_error_and_the_stream_goes_on(node: Node, stream_factory) -> None:
+    stream = stream_factory("--interval", "5")
+    stream.next()
+    stream.proc.stdin.write(_request(1, ["stop", "web-1"], {}))
+    stream.proc.stdin.write(b'{"call": 2, "argv": ["start", "web-1"], "input": -3}\n')
+    stream.proc.stdin.write(b'{"call": 3, "argv": ["start", "../x", "--files"], "input": 0}\n')
+    stream.proc.stdin.flush()
+    assert _reply(stream, 1)["code"] == "usage"
+    assert _reply(stream, 2)["code"] == "usage"
+    assert _reply(stream, 3)["code"] == "bad_alloc_id"
+    stream.proc.stdin.write(b"\n")  # still a stream: a poke gives a document
+    stream.proc.stdin.flush()
+    _, doc = stream.next(timeout=3)
+    assert doc["trigger"] in ("request", "change") and "allocations" in doc
 
 
 def test_the_stream_answers_a_line_on_stdin_and_ends_when_stdin_closes(node: Node, stream_factory) -> None:
