@@ -43,6 +43,7 @@ from nodeproc import (
     is_alive,
     read_environ_var,
     read_stat,
+    read_to_end,
     signal_group,
     signal_name,
     signal_number,
@@ -147,13 +148,7 @@ def _fork_twice(child) -> int:
         finally:
             os._exit(0)
     os.close(report_w)
-    answer = b""
-    while True:
-        chunk = os.read(report_r, 64)
-        if not chunk:
-            break
-        answer += chunk
-    os.close(report_r)
+    answer = read_to_end(report_r)
     os.waitpid(middle, 0)
     if not answer.isdigit():
         raise NodeError("could not fork the supervisor", code="internal")

@@ -228,6 +228,19 @@ def close_fds_from(low: int, keep: int = -1) -> None:
                 pass  # the directory's own descriptor, already closed
 
 
+def read_to_end(fd: int) -> bytes:
+    """Everything a pipe's read end gives until EOF; the descriptor is closed."""
+    data = b""
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        os.close(fd)
+
+
 def become_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (prctl PR_SET_CHILD_SUBREAPER)."""
     try:

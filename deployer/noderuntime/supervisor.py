@@ -32,6 +32,7 @@ from nodeproc import (
     close_fds_from,
     group_members,
     read_stat,
+    read_to_end,
     signal_group,
     signal_name,
 )
@@ -310,13 +311,7 @@ def spawn(argv: list, cwd: str, env: dict) -> tuple:
             os._exit(127)
     for fd in (out_w, err_w, report_w):
         os.close(fd)
-    report = b""
-    while True:
-        chunk = os.read(report_r, 4096)
-        if not chunk:
-            break
-        report += chunk
-    os.close(report_r)
+    report = read_to_end(report_r)
     if report:
         os.close(out_r)
         os.close(err_r)

@@ -148,6 +148,20 @@ async def test_the_probe_stream_answers_a_poke_and_needs_no_watchdog(tmp_path: P
             assert (first["trigger"], second["trigger"]) == ("start", "request")
 
 
+def count_commands(pool: Pool, host: Host) -> list[list[str]]:
+    """The argv of every command the pool runs on host from now on."""
+    commands: list[list[str]] = []
+    conn = pool.connection(host)
+    run = conn.run
+
+    async def counted(argv: list[str], **kwargs: Any) -> Any:
+        commands.append(list(argv))
+        return await run(argv, **kwargs)
+
+    conn.run = counted  # type: ignore[method-assign]
+    return commands
+
+
 async def test_a_fresh_launch_places_its_files_and_starts_in_one_command(tmp_path: Path) -> None:
     """A new allocation: its files (secrets 0600) go on the `start` verb's stdin, one command and one
     interpreter on the node instead of a checksum, a write and a start."""
@@ -160,15 +174,7 @@ async def test_a_fresh_launch_places_its_files_and_starts_in_one_command(tmp_pat
     async with Pool([host], fast_settings(tmp_path)) as pool:
         client = NodeClient(pool, host)
         await client.install()
-        commands: list[list[str]] = []
-        conn = pool.connection(host)
-        run = conn.run
-
-        async def counted(argv: list[str], **kwargs: Any) -> Any:
-            commands.append(list(argv))
-            return await run(argv, **kwargs)
-
-        conn.run = counted  # type: ignore[method-assign]
+        commands = count_commands(pool, host)
         doc = await client.launch(launch, secrets={"API_TOKEN": SECRET})
         assert doc["ok"] and doc["pid"] and not doc.get("already_running"), doc
         assert len(commands) == 1 and commands[0][-3:] == ["start", "fresh-1", "--files"], commands
@@ -190,15 +196,7 @@ async def test_with_its_probe_stream_open_a_fresh_launch_runs_no_command_of_its_
     async with Pool([host], fast_settings(tmp_path)) as pool:
         client = NodeClient(pool, host)
         await client.install()
-        commands: list[list[str]] = []
-        conn = pool.connection(host)
-        run = conn.run
-
-        async def counted(argv: list[str], **kwargs: Any) -> Any:
-            commands.append(list(argv))
-            return await run(argv, **kwargs)
-
-        conn.run = counted  # type: ignore[method-assign]
+        commands = count_commands(pool, host)
         states = client.probe_stream(interval=30)
         first = await asyncio.wait_for(states.__anext__(), 20)
         assert first.is_ready and not first.allocations
