@@ -98,5 +98,23 @@ def _setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def entry() -> None:
+    """The `flex` console script (and `python -m deployer.cli`): main(), then a quick exit.
+
+    By the time main() returns, everything flex keeps is committed and closed (the state database,
+    the SSH connections, the event loop); what the interpreter would still do is tear down the
+    modules it imported (asyncssh, cryptography, ...): ~50-100 ms of every command. So the output and
+    the log are flushed and the process ends with os._exit. main() itself returns normally, for
+    callers in the same process (tests, benchmarks)."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # `flex ... | head`: the reader is gone
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

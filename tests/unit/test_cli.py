@@ -42,6 +42,16 @@ def test_usage_errors_exit_2_with_a_fix(args: list[str]) -> None:
     assert "error:" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_the_process_ends_quickly_but_with_all_its_output_and_its_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """`flex` ends with os._exit after main() (cli.entry): what it printed must all be there first."""
+    assert main(["schema", "job"]) == 0
+    in_process = capsys.readouterr().out
+    out = flex("schema", "job")
+    assert out.returncode == 0 and out.stdout == in_process and len(out.stdout) > 8192  # more than one buffer
+    missing = flex("validate", "/nonexistent/inventory.yaml")
+    assert missing.returncode not in (0, None) and "error:" in missing.stderr and "Traceback" not in missing.stderr
+
+
 def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "validate" in capsys.readouterr().out
