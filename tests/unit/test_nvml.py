@@ -389,3 +389,22 @@ def test_the_fake_library_checks_struct_versions_and_the_two_call_protocol(fake_
     proc = subprocess.run([sys.executable, "-c", FIDELITY], env={**os.environ, **fake_nvml.env(config)},
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.stdout == "ok\n", proc.stderr
+
+
+def test_a_node_without_the_library_is_told_so_without_a_loader_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No driver, no libnvidia-ml.so.1 on LD_LIBRARY_PATH, in the loader's cache or its trusted
+    directories: the probe says so without importing ctypes; a library on LD_LIBRARY_PATH is tried."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deployer" / "noderuntime"))
+    try:
+        import nvml
+    finally:
+        sys.path.pop(0)
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    cache = Path("/etc/ld.so.cache")
+    present = (cache.exists() and b"libnvidia-ml.so.1" in cache.read_bytes()) or any(
+        Path(d, "libnvidia-ml.so.1").exists() for d in nvml.LOADER_DIRS)
+    assert nvml._loader_may_find("libnvidia-ml.so.1") is (present or not cache.exists())
+    assert nvml._loader_may_find("libflex-no-such-library.so.1") is not cache.exists()
+    (tmp_path / "libflex-no-such-library.so.1").write_bytes(b"")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/nonexistent:{tmp_path}")
+    assert nvml._loader_may_find("libflex-no-such-library.so.1")
