@@ -11,6 +11,7 @@ from deployer.hostkeys import (
     HostKeyCheck,
     fingerprint,
     host_entry,
+    load_known_hosts,
     recorded_keys,
     trust_key,
 )
@@ -114,3 +115,19 @@ def test_accept_new_records_unknown_but_never_changed(tmp_path: Path, keys: tupl
     assert check.validate_host_public_key("10.0.0.5", "10.0.0.5", 22, a) is True
     assert check.validate_host_public_key("10.0.0.5", "10.0.0.5", 22, b) is False
     assert path.read_text() == f"10.0.0.5 {public(a)}\n"
+
+
+def test_known_hosts_are_parsed_once_per_version_of_the_file(tmp_path: Path, keys) -> None:
+    """Every connection loads known_hosts: parsing it again for each of N hosts was O(N^2)."""
+    first, second = keys
+    path = tmp_path / "known_hosts"
+    path.write_text(f"10.0.0.1 {public(first)}\n")
+    parsed = load_known_hosts(path)
+    assert load_known_hosts(path) is parsed  # unchanged file: the same parsed object
+    assert parsed.match("10.0.0.1", "", None)[0]
+    with path.open("a") as handle:  # accept-new appends a line: seen at once
+        handle.write(f"10.0.0.2 {public(second)}\n")
+    again = load_known_hosts(path)
+    assert again is not parsed and again.match("10.0.0.2", "", None)[0]
+    path.unlink()
+    assert not load_known_hosts(path).match("10.0.0.1", "", None)[0]  # a missing file trusts nothing
