@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ROOT_USER_FLEX_ROOT = "/var/lib/flex"
 USER_FLEX_ROOT = ".local/share/flex"  # below the login user's home directory
 VERB_TIMEOUT = 30.0
+# the most bytes a request over the probe stream carries: the stream holds a request's input in memory
+# before it serves it, so bigger job files (models, datasets) go by the command, streamed to disk
+STREAM_INPUT_MAX = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -259,12 +262,12 @@ class NodeClient:
 
     async def _call_on_stream(self, argv: list[str], data: bytes, timeout: float) -> dict[str, Any] | None:
         """Run a verb by the open probe stream (nodecli.serve_request): the verb's document, or None
-        when no stream is open or it ended or went quiet before answering (the caller then runs the
-        verb as a command; the verbs served so are idempotent)."""
+        when no stream is open, the input is over STREAM_INPUT_MAX, or the stream ended or went quiet
+        before answering (the caller then runs the verb as a command; the verbs served so are idempotent)."""
         import asyncio
 
         lines = self._stream
-        if lines is None:
+        if lines is None or len(data) > STREAM_INPUT_MAX:
             return None
         self._next_call += 1
         call = self._next_call

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from deployer import nodeclient
 from deployer.models import FileSpec as JobFile
 from deployer.models import HealthCheck, Host, JobSpec, Port, Resources, StopPolicy
 from deployer.nodeclient import Launch, NodeClient, allocation_spec
@@ -185,7 +186,8 @@ async def test_a_fresh_launch_places_its_files_and_starts_in_one_command(tmp_pat
         await client.stop("fresh-1", timeout=2)
 
 
-async def test_with_its_probe_stream_open_a_fresh_launch_runs_no_command_of_its_own(tmp_path: Path) -> None:
+async def test_with_its_probe_stream_open_a_fresh_launch_runs_no_command_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The open probe stream serves the launch (its stdin carries the request and the files): no SSH
     channel, no interpreter; the supervisor is forked from the stream. Without a stream: the command."""
     root = tmp_path / "root"
@@ -208,11 +210,15 @@ async def test_with_its_probe_stream_open_a_fresh_launch_runs_no_command_of_its_
         assert seen.allocations["streamed-1"].is_alive  # the change document follows the reply
         alloc = root / "allocs" / "streamed-1"
         assert (alloc / "env.secret").stat().st_mode & 0o777 == 0o600 and SECRET not in (alloc / "spec.json").read_text()
+        monkeypatch.setattr(nodeclient, "STREAM_INPUT_MAX", 64)  # files too big to hold in the stream: the command
+        doc = await client.launch(Launch("streamed-3", spec, fresh=True))
+        assert doc["ok"] and len(commands) == 1 and commands[0][-3:] == ["start", "streamed-3", "--files"], commands
+        monkeypatch.undo()
         await states.aclose()
         doc = await client.launch(Launch("streamed-2", spec, fresh=True))  # the stream is gone: the command
-        assert doc["ok"] and len(commands) == 1 and commands[0][-3:] == ["start", "streamed-2", "--files"], commands
-        await client.stop("streamed-1", timeout=2)
-        await client.stop("streamed-2", timeout=2)
+        assert doc["ok"] and len(commands) == 2 and commands[1][-3:] == ["start", "streamed-2", "--files"], commands
+        for alloc_id in ("streamed-1", "streamed-2", "streamed-3"):
+            await client.stop(alloc_id, timeout=2)
 
 
 async def test_a_fresh_launch_whose_files_cannot_be_placed_starts_nothing_and_says_why(tmp_path: Path) -> None:
