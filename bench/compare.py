@@ -62,6 +62,9 @@ BENCH = Path(__file__).resolve().parent
 PEERS = BENCH / "peers"
 REPO = BENCH.parent
 DEFAULT_VENV = BENCH / ".venv-peers"
+# flex gets a virtualenv of its own too: the base interpreter of this machine processes a sandbox
+# .pth file (it imports certifi: ~45 ms of every start) that a virtualenv, like the peers', skips
+FLEX_VENV = BENCH / ".venv-flex"
 PEER_PACKAGES = ("ansible-core", "pyinfra", "py-spy")
 SCENARIOS = ("cold", "nochange", "probe", "streams")  # streams: flex only (see Flex.round)
 RUN_TIMEOUT = 600.0
@@ -261,7 +264,11 @@ class Flex(Tool):
 
     @staticmethod
     def command() -> list[str]:
-        """The `flex` console script of this interpreter (not a PATH shim such as pyenv's)."""
+        """The `flex` console script of bench/.venv-flex (ensure_flex), else of this interpreter (not a
+        PATH shim such as pyenv's). Either runs the working tree's code (PYTHONPATH, see __init__)."""
+        script = FLEX_VENV / "bin" / "flex"
+        if script.exists():
+            return [str(script)]
         script = Path(sys.executable).parent / "flex"
         if script.exists():
             return [str(script)]
@@ -481,6 +488,15 @@ def ensure_peers(venv: Path, *, reinstall: bool = False) -> dict[str, str]:
     return versions
 
 
+def ensure_flex(venv: Path, *, reinstall: bool = False) -> None:
+    """flex's own virtualenv (created when absent): its dependencies from PyPI and its console script,
+    as a user's `pip install` in a virtualenv makes them; the code it runs is the working tree's."""
+    if reinstall or not (venv / "bin" / "flex").exists():
+        print(f"# installing flex and its dependencies into {venv}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(REPO)], check=True)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -618,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="result file (default bench/results/compare.json)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
                         help="the peers' virtualenv (default bench/.venv-peers)")
-    parser.add_argument("--reinstall-peers", action="store_true", help="build the peers' virtualenv again")
+    parser.add_argument("--reinstall-peers", action="store_true",
+                        help="build the peers' virtualenv and flex's (bench/.venv-flex) again")
     parser.add_argument("--keep-rc", action="store_true",
                         help="leave this machine's ~/.bashrc visible to the hosts' ssh sessions (see push_probe)")
     args = parser.parse_args(argv)
@@ -632,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     from tests.fleet import Fleet
 
     peers = ensure_peers(args.venv, reinstall=args.reinstall_peers)
+    if "flex" in tool_names:
+        ensure_flex(FLEX_VENV, reinstall=args.reinstall_peers)
     info = machine_info()
     info["peers"] = peers
     info["flex_command"] = shlex.join(Flex.command())
