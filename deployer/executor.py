@@ -155,7 +155,7 @@ class Executor:
             await client.stop(alloc.id, timeout=spec.stop.timeout, signal=spec.stop.signal)
         env = item.env or gang_env(alloc, spec, snap)
         launch = Launch(alloc.id, spec, alloc.index, alloc.gpus, alloc.ports, env, self.lease_ttl,
-                        item.target_generation, fresh=item.action in (PLACE, UPDATE))
+                        item.target_generation, fresh=item.action in (PLACE, UPDATE), restart=item.action == RESTART)
         try:
             doc = await client.launch(launch, secrets)
         except FlexError as exc:

@@ -17,6 +17,7 @@ import logging
 import posixpath
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from deployer.connection import FileSpec as PushFile
@@ -55,6 +56,9 @@ class Launch:
     # a new allocation id: its directory cannot exist yet, so its files travel on the `start` verb's
     # stdin, without a checksum command first (always correct: at worst identical bytes are written again)
     fresh: bool = False
+    # a run that ended (or was stopped for the restart) starts again: its files may be written again
+    # as they are, so the open probe stream can carry them with the start (up to STREAM_INPUT_MAX)
+    restart: bool = False
 
 
 def allocation_spec(launch: Launch, node: str) -> dict[str, Any]:
@@ -174,13 +178,14 @@ class NodeClient:
         allocation's files go on the `start` verb's stdin instead: one command, one interpreter."""
         alloc_dir = posixpath.join(await self.root(), "allocs", launch.alloc_id)
         files = self._allocation_files(launch, alloc_dir, secrets)
-        if launch.fresh:
+        if launch.fresh or (launch.restart and self._stream is not None and _size(files) <= STREAM_INPUT_MAX):
             data = payload(prepare(files))
             timeout = VERB_TIMEOUT + len(data) / (1 << 20)
             doc = await self._call_on_stream(["start", launch.alloc_id, "--files"], data, timeout)
             if doc is not None:
                 return doc
-            return await self.verb("start", launch.alloc_id, "--files", input=data, timeout=timeout)
+            if launch.fresh:
+                return await self.verb("start", launch.alloc_id, "--files", input=data, timeout=timeout)
         await self.transport.sync(self.host, files)
         return await self.verb("start", launch.alloc_id)
 
@@ -299,6 +304,20 @@ class NodeClient:
         for answer in self._calls.values():
             if not answer.done():
                 answer.set_exception(ConnectionError("the probe stream ended"))
+
+
+def _size(files: Sequence[PushFile]) -> int:
+    """The bytes files hold (a file that cannot be read counts as too big: the sync reports it)."""
+    total = 0
+    for item in files:
+        if item.content is not None:
+            total += len(item.content)
+            continue
+        try:
+            total += Path(item.source or "").stat().st_size
+        except OSError:
+            return STREAM_INPUT_MAX + 1
+    return total
 
 
 def runtime_missing(exit_status: int | None, stderr: str) -> bool:

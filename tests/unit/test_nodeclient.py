@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -202,18 +204,39 @@ async def test_with_its_probe_stream_open_a_fresh_launch_runs_no_command_of_its_
         states = client.probe_stream(interval=30)
         first = await asyncio.wait_for(states.__anext__(), 20)
         assert first.is_ready and not first.allocations
-        pulling = asyncio.ensure_future(states.__anext__())  # the controller keeps reading its stream
+        seen: list[Any] = []
+
+        async def keep_reading() -> None:  # as the controller does: the replies arrive among the documents
+            async for state in states:
+                seen.append(state)
+
+        reader = asyncio.ensure_future(keep_reading())
         doc = await client.launch(Launch("streamed-1", spec, fresh=True), secrets={"API_TOKEN": SECRET})
         assert doc["ok"] and doc["pid"] and not doc.get("already_running"), doc
         assert commands == [] and client.stream_calls == 1, commands
-        seen = await asyncio.wait_for(pulling, 5)
-        assert seen.allocations["streamed-1"].is_alive  # the change document follows the reply
+        for _ in range(100):  # the change document follows the reply
+            if any("streamed-1" in s.allocations and s.allocations["streamed-1"].is_alive for s in seen):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no document shows streamed-1 alive: {seen}")
         alloc = root / "allocs" / "streamed-1"
         assert (alloc / "env.secret").stat().st_mode & 0o777 == 0o600 and SECRET not in (alloc / "spec.json").read_text()
+        os.kill(doc["pid"], signal.SIGKILL)  # a crash: the restart goes by the stream as well
+        for _ in range(100):
+            if (await client.status("streamed-1"))["allocations"]["streamed-1"]["status"] == "exited":
+                break
+            await asyncio.sleep(0.05)
+        again = await client.launch(Launch("streamed-1", spec, restart=True))
+        assert again["ok"] and again["pid"] != doc["pid"] and again["restarts"] == 2, again
+        assert client.stream_calls == 2 and not [c for c in commands if "start" in c], commands
+        commands.clear()
         monkeypatch.setattr(nodeclient, "STREAM_INPUT_MAX", 64)  # files too big to hold in the stream: the command
         doc = await client.launch(Launch("streamed-3", spec, fresh=True))
         assert doc["ok"] and len(commands) == 1 and commands[0][-3:] == ["start", "streamed-3", "--files"], commands
         monkeypatch.undo()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
         await states.aclose()
         doc = await client.launch(Launch("streamed-2", spec, fresh=True))  # the stream is gone: the command
         assert doc["ok"] and len(commands) == 2 and commands[1][-3:] == ["start", "streamed-2", "--files"], commands
