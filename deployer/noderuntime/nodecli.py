@@ -53,6 +53,9 @@ restarts, generation, stop_requested, supervisor_pid, error):
     kill-orphan ID PGID [--timeout S] [--signal SIG]
                                       ok, alloc_id, pgid, killed [pid], escalated, left [pid]
     version                           ok, version, dir, python
+    supervise ID [--launch N]         the allocation's supervisor, in the foreground (what `start` runs
+                                      detached: forked, then exec'd as this command line, so `ps` says
+                                      what it is); prints nothing
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ VERBS = {
     "gc": (("alloc_id",), {}),
     "kill-orphan": (("alloc_id", "pgid:int"), {"--timeout": ("timeout", float, 10.0), "--signal": ("signal", str, None)}),
     "version": ((), {}),
+    "supervise": (("alloc_id",), {"--launch": ("launch", int, 0)}),
 }
 LOG_STREAMS = ("stdout", "stderr")
 
@@ -191,7 +195,7 @@ def resolve_root(explicit) -> str:
 
 def deadline_for(args) -> float:
     """Seconds after which a one-shot verb gives up (0: no alarm, for streams and follow)."""
-    if args.verb == "probe" and args.stream or args.verb == "logs" and args.follow:
+    if args.verb == "probe" and args.stream or args.verb == "logs" and args.follow or args.verb == "supervise":
         return 0
     if args.verb == "start":
         return args.wait + (620 if args.files else 20)
@@ -224,6 +228,9 @@ def run(args) -> int:
         return logs(root, args)
     elif args.verb == "probe":
         return probe(root, args)
+    elif args.verb == "supervise":  # what `start` runs, detached: the allocation's supervisor in this process
+        import supervisor
+        return supervisor.main(["--root", root, "--launch", str(args.launch), args.alloc_id])
     else:
         print_json({"ok": True, "version": VERSION, "dir": HERE, "python": ".".join(map(str, sys.version_info[:3]))})
     return 0

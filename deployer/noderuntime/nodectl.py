@@ -158,8 +158,9 @@ def _fork_twice(child) -> int:
 def _become_supervisor(paths: AllocPaths, launch: int, log: int) -> None:
     """In the forked child: detach the way a fresh daemon would be (own session, stdin and stdout
     /dev/null, stderr supervisor.log, no other inherited descriptor: not the SSH channel, not the
-    allocation's lock), then run the supervisor and exit without running the parent's exit code."""
-    code = 1
+    allocation's lock), then exec `flexnode.py supervise ID`: a process of its own whose command line
+    says what it is (a forked one would show the verb or the probe stream it was forked from in `ps`,
+    and an operator would take it for a leftover stream); its modules load from the shipped bytecode."""
     try:
         signal.alarm(0)  # the start verb's deadline is not the supervisor's
         for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
@@ -171,8 +172,9 @@ def _become_supervisor(paths: AllocPaths, launch: int, log: int) -> None:
         os.dup2(log, 2)
         close_fds_from(3)
         os.chdir(paths.dir)
-        import supervisor
-        code = supervisor.main(["--root", paths.root, "--launch", str(launch), paths.alloc_id])
+        python = sys.executable or "python3"
+        os.execvp(python, [python, "-E", "-S", os.path.join(HERE, "flexnode.py"), "--root", paths.root,
+                           "supervise", paths.alloc_id, "--launch", str(launch)])
     except BaseException:  # noqa: BLE001 - the child must never return into the start verb
         try:
             import traceback
@@ -180,7 +182,6 @@ def _become_supervisor(paths: AllocPaths, launch: int, log: int) -> None:
             sys.stderr.flush()
         finally:
             os._exit(1)
-    os._exit(code if isinstance(code, int) else 1)
 
 
 def _wait_for(paths: AllocPaths, predicate, deadline: float) -> bool:

@@ -95,7 +95,7 @@ def test_options_in_either_spelling_and_the_help(node: Node) -> None:
     assert "probe --stream" in help_text and "kill-orphan ID PGID" in help_text
 
 
-def test_the_forked_supervisor_keeps_nothing_of_the_start_verb(node: Node) -> None:
+def test_the_supervisor_keeps_nothing_of_the_start_verb_and_says_what_it_is(node: Node) -> None:
     doc = node.start("web-1", argv=["sleep", "30"])
     supervisor = node.state("web-1")["supervisor_pid"]
     fds = {int(fd): os.readlink(f"/proc/{supervisor}/fd/{fd}") for fd in os.listdir(f"/proc/{supervisor}/fd")}
@@ -107,6 +107,8 @@ def test_the_forked_supervisor_keeps_nothing_of_the_start_verb(node: Node) -> No
     assert len(others) == 4 and all(target.startswith("pipe:") for target in others), fds
     stat = Path(f"/proc/{supervisor}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(stat[3]) == supervisor, "the supervisor leads a session of its own"
+    argv = Path(f"/proc/{supervisor}/cmdline").read_bytes().split(b"\0")
+    assert b"supervise" in argv and b"web-1" in argv and b"start" not in argv, argv  # `ps` says what it is
     status = Path(f"/proc/{doc['pid']}/status").read_text()
     ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
     assert not ignored & (1 << (13 - 1)), "the workload inherited Python's SIG_IGN for SIGPIPE"

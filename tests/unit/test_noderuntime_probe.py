@@ -274,6 +274,8 @@ def test_the_stream_starts_a_new_allocation_sent_on_its_stdin(node: Node, stream
     assert doc["ok"] and doc["alive"] and not doc["already_running"], doc
     supervisor = doc["supervisor_pid"]
     assert int(proc_stat(supervisor)[1]) != stream.proc.pid, "the supervisor must not be the stream's child"
+    argv = Path(f"/proc/{supervisor}/cmdline").read_bytes().split(b"\0")
+    assert b"supervise" in argv and b"--stream" not in argv, argv  # not mistaken for a leftover stream in `ps`
     wait_for(lambda: node.run("logs", "web-1")["lines"] == ["hello"], what="the workload's output")
     while True:  # the launch is reported by a change document
         _, seen = stream.next(timeout=3)
