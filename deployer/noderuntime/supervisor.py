@@ -1,7 +1,8 @@
-"""The per-allocation supervisor: `flexnode.py start` forks and the child runs `main(["--root", ROOT,
-"--launch", N, ALLOC_ID])`, already detached: own session, stdin /dev/null, stdout /dev/null, stderr
-supervisor.log, no other descriptor (`python3 supervisor.py --root ROOT [--launch N] ALLOC_ID` runs it
-the same way by hand).
+"""The per-allocation supervisor: a launch (the `start` verb, or the probe stream serving one) forks
+twice and execs `flexnode.py --root ROOT supervise ALLOC_ID --launch N`, which runs `main(["--root",
+ROOT, "--launch", N, ALLOC_ID])` already detached: own session, stdin /dev/null, stdout /dev/null,
+stderr supervisor.log, no other descriptor (`python3 supervisor.py --root ROOT [--launch N] ALLOC_ID`
+runs it the same way by hand).
 
 It launches the workload in a session and process group of its own (setsid), pipes its stdout/stderr
 into the capped logs, records pid + start_time, fences the workload when the lease is not renewed for
