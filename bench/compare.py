@@ -476,9 +476,7 @@ def ensure_peers(venv: Path, *, reinstall: bool = False) -> dict[str, str]:
     bins = venv / "bin"
     wanted = [bins / "ansible-playbook", bins / "ansible", bins / "pyinfra"]
     if reinstall or not all(p.exists() for p in wanted):
-        print(f"# installing {', '.join(PEER_PACKAGES)} into {venv}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(bins / "python"), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
+        make_venv(venv, PEER_PACKAGES)
     script = ("import importlib.metadata as m, json\n"
               f"print(json.dumps({{p: m.version(p) for p in {list(PEER_PACKAGES)!r}}}))")
     done = subprocess.run([str(bins / "python"), "-c", script], capture_output=True, text=True, check=True)
@@ -492,9 +490,14 @@ def ensure_flex(venv: Path, *, reinstall: bool = False) -> None:
     """flex's own virtualenv (created when absent): its dependencies from PyPI and its console script,
     as a user's `pip install` in a virtualenv makes them; the code it runs is the working tree's."""
     if reinstall or not (venv / "bin" / "flex").exists():
-        print(f"# installing flex and its dependencies into {venv}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(REPO)], check=True)
+        make_venv(venv, [str(REPO)])
+
+
+def make_venv(venv: Path, packages: Sequence[str]) -> None:
+    """A fresh virtualenv at venv with packages installed from PyPI (or paths)."""
+    print(f"# installing {', '.join(packages)} into {venv}", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *packages], check=True)
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -197,7 +197,6 @@ async def settle_reader(task: asyncio.Future[None], within: float = 1.0) -> None
         pass
 
 
-
 class LineStream:
     """The lines of a long-running command: opened on first use, stopped by close().
 

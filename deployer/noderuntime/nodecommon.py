@@ -25,7 +25,8 @@ except ImportError:  # another Python: the json module (same output)
 VERSION = "1"
 """Protocol version of the node runtime: bumped when the layout or a verb's JSON changes."""
 
-ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"  # ASCII only: names, not text
+ID_CHARS = frozenset(ALNUM + "_.-")
 LIVE_STATUSES = ("starting", "running")
 FINAL_STATUSES = ("exited", "stopped", "fenced")
 EVENTS_MAX_BYTES = 1024 * 1024

@@ -37,7 +37,7 @@ from nodecommon import (
 )
 from nodeproc import (
     boot_id,
-    close_fds_from,
+    exec_detached,
     group_is_ours,
     group_members,
     is_alive,
@@ -114,13 +114,12 @@ def _launch(paths: AllocPaths, generation: int = 0) -> dict:
     """Fork the detached supervisor, then record the launch in state.json in one write (call under
     the lock: the supervisor's own first state write waits for it).
 
-    The supervisor is this process forked, not a new interpreter: no second python3 start-up and
-    imports per launch (~30 ms of CPU on every node, every launch and every restart). Forked twice,
-    so it is nobody's child here: a long-lived caller (the probe stream) collects no zombies."""
+    Forked twice, so the supervisor is nobody's child here: a long-lived caller (the probe stream)
+    collects no zombies; then exec'd as `flexnode.py supervise` (see _become_supervisor)."""
     restarts = int(read_state(paths).get("restarts") or 0) + 1
     log = os.open(paths.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        sys.stdout.flush()  # nothing buffered may be written twice (the child never flushes: os._exit)
+        sys.stdout.flush()  # nothing buffered may be written twice (the children exec or os._exit)
         pid = _fork_twice(lambda: _become_supervisor(paths, restarts, log))
     finally:
         os.close(log)
@@ -162,19 +161,9 @@ def _become_supervisor(paths: AllocPaths, launch: int, log: int) -> None:
     says what it is (a forked one would show the verb or the probe stream it was forked from in `ps`,
     and an operator would take it for a leftover stream); its modules load from the shipped bytecode."""
     try:
-        signal.alarm(0)  # the start verb's deadline is not the supervisor's
-        for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(log, 2)
-        close_fds_from(3)
-        os.chdir(paths.dir)
         python = sys.executable or "python3"
-        os.execvp(python, [python, "-E", "-S", os.path.join(HERE, "flexnode.py"), "--root", paths.root,
-                           "supervise", paths.alloc_id, "--launch", str(launch)])
+        exec_detached([python, "-E", "-S", os.path.join(HERE, "flexnode.py"), "--root", paths.root,
+                       "supervise", paths.alloc_id, "--launch", str(launch)], paths.dir, None, -1, log)
     except BaseException:  # noqa: BLE001 - the child must never return into the start verb
         try:
             import traceback

@@ -17,6 +17,7 @@ import sys
 import time
 
 from nodecommon import AllocPaths, Worker, read_json, write_json
+from nodeproc import SIGNALS, signal_group
 
 DETAIL_MAX = 200
 STATUS_LINE_MAX = 4096
@@ -105,20 +106,13 @@ def check_command(check: dict, env: dict, cwd: str) -> tuple:
     try:
         out, _ = proc.communicate(timeout=check["timeout"])
     except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
+        signal_group(proc.pid, SIGNALS["SIGKILL"])
         proc.communicate()
         return False, f"timed out after {check['timeout']:g} s"
-    _kill_group(proc.pid)  # nothing the check started outlives it
+    signal_group(proc.pid, SIGNALS["SIGKILL"])  # nothing the check started outlives it
     last = out.decode("utf-8", "replace").strip().splitlines()[-1:] if out else []
     text = f"exit {proc.returncode}" + (": " + last[0] if last else "")
     return proc.returncode == 0, text
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, 9)  # SIGKILL (the signal module imports enum)
-    except OSError:
-        pass
 
 
 def run_check(check: dict, env: dict, cwd: str) -> dict:

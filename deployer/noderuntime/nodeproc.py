@@ -228,6 +228,28 @@ def close_fds_from(low: int, keep: int = -1) -> None:
                 pass  # the directory's own descriptor, already closed
 
 
+def exec_detached(argv: list, cwd: str, env, stdout: int, stderr: int, keep: int = -1) -> None:
+    """In a freshly forked child: become the leader of a session of its own in cwd, stdin /dev/null,
+    stdout and stderr on the given descriptors, no other descriptor but keep, no pending alarm and
+    the default disposition of the signals Python ignores; then exec argv (env None: this process's).
+    Never returns; OSError when argv cannot be executed (or cwd entered)."""
+    signal.alarm(0)  # an alarm outlives exec
+    for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these, and an ignored signal outlives exec
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    os.setsid()
+    os.chdir(cwd)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(stdout if stdout >= 0 else null, 1)
+    os.dup2(stderr, 2)
+    close_fds_from(3, keep=keep)
+    if env is None:
+        os.execvp(argv[0], argv)
+    os.execvpe(argv[0], argv, env)
+
+
 def read_to_end(fd: int) -> bytes:
     """Everything a pipe's read end gives until EOF; the descriptor is closed."""
     data = b""

@@ -23,17 +23,16 @@ from __future__ import annotations
 import os
 import stat
 
-from nodecommon import AllocPaths, NodeError, read_json
+from nodecommon import ALNUM, AllocPaths, NodeError, read_json
 from nodeproc import signal_number
 
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-ENV_NAME_CHARS = frozenset(_LETTERS + "0123456789_")
-GPU_ID_CHARS = frozenset(_LETTERS + "0123456789_:.-")
+ENV_NAME_CHARS = frozenset(ALNUM + "_")
+GPU_ID_CHARS = frozenset(ALNUM + "_:.-")
 
 
 def valid_env_name(name: str) -> bool:
     """[A-Za-z_][A-Za-z0-9_]* (without re: its import is ~5 ms of every verb)."""
-    return bool(name) and (name[0] in _LETTERS or name[0] == "_") and ENV_NAME_CHARS.issuperset(name)
+    return bool(name) and name[0] not in "0123456789" and ENV_NAME_CHARS.issuperset(name)
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 HEALTH_TYPES = ("http", "tcp", "command")

@@ -30,7 +30,7 @@ from nodelogs import CappedLog, rotate_previous
 from nodeproc import (
     become_subreaper,
     boot_id,
-    close_fds_from,
+    exec_detached,
     group_members,
     read_stat,
     read_to_end,
@@ -292,18 +292,7 @@ def spawn(argv: list, cwd: str, env: dict) -> tuple:
     pid = os.fork()
     if pid == 0:  # the child: only async-signal-safe habits until exec (one thread, nothing shared)
         try:
-            for sig in ("SIGPIPE", "SIGXFSZ", "SIGXFZ"):  # Python ignores these; the workload must not
-                if hasattr(signal, sig):
-                    signal.signal(getattr(signal, sig), signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            os.setsid()
-            os.chdir(cwd)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            close_fds_from(3, keep=report_w)  # every other descriptor goes (close_fds)
-            os.execvpe(argv[0], argv, env)
+            exec_detached(argv, cwd, env, out_w, err_w, keep=report_w)
         except OSError as exc:
             os.write(report_w, f"{exc.errno or 0}:{exc.strerror or exc}".encode("utf-8", "replace"))
         except BaseException as exc:  # noqa: BLE001 - never return into the supervisor
