@@ -45,8 +45,10 @@ print(json.dumps(out))
 def kill_workloads(host: Any) -> None:
     """SIGKILL every supervisor and workload on a host and forget its allocations (a clean slate)."""
     script = LIVE_SCRIPT.replace("print(json.dumps(out))", "[os.kill(p, 9) for ps in out.values() for p in ps]")
-    host.exec(["sh", "-c", "pkill -9 -f [s]upervisor.py; python3 -c \"$0\"; rm -rf /var/lib/flex/allocs", script],
-              check=True)
+    # supervisors by their command line: `flexnode.py ... supervise ID` as flex starts them (a bracket
+    # keeps the pattern from matching this sh), `supervisor.py` as run by hand
+    supervisors = "pkill -9 -f 'flexnode[.]py .* [s]upervise |[s]upervisor[.]py'"
+    host.exec(["sh", "-c", f"{supervisors}; python3 -c \"$0\"; rm -rf /var/lib/flex/allocs", script], check=True)
 
 
 def write_spec(directory: Path, name: str, body: str) -> Path:
