@@ -221,10 +221,19 @@ def write_failed(host: str, group: Sequence[Upload], result: Result) -> SyncErro
     """The error for a write the node refused (ENOSPC, EACCES, ...)."""
     try:
         report = json.loads(result.stdout)
+    except ValueError:
+        report = None
+    return failed_write(host, report, f"writing {len(group)} files failed: {_tail(result)}", group[0].path)
+
+
+def failed_write(host: str, report: object, otherwise: str, first: str) -> SyncError:
+    """The error for nodewrite's failure document report ({path, errno, error, phase}); otherwise
+    (the message) when report is not one, naming first (a path of the batch)."""
+    try:
+        assert isinstance(report, dict)
         path, number, reason, phase = report["path"], int(report["errno"]), report["error"], report["phase"]
-    except (ValueError, KeyError, TypeError):
-        return SyncError(host, f"writing {len(group)} files failed: {_tail(result)}; no target was "
-                         "left partial", path=group[0].path)
+    except (AssertionError, KeyError, TypeError, ValueError):
+        return SyncError(host, f"{otherwise}; no target was left partial", path=first)
     code = errno.errorcode.get(number, str(number))
     kept = ("no file of this push was replaced" if phase == "write"
             else "files before it were replaced; it and the rest keep their old content")

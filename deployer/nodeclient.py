@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Sequence
 
+from deployer.bootstrap import FAILED, MISSING, failure, installer_input, stream_argv
 from deployer.connection import FileSpec as PushFile
 from deployer.connection import LineStream, Result, Secret
 from deployer.errors import FlexError, ProbeError, TransportError
-from deployer.filesync import payload, prepare
+from deployer.filesync import failed_write, payload, prepare
 from deployer.models import EMPTY, Host, JobSpec, NodeState, port_env
 from deployer.noderuntime import ENTRY_POINT, RuntimeFile, runtime_bytecode, runtime_files, runtime_id
 from deployer.probe import parse_probe
@@ -34,9 +35,11 @@ log = logging.getLogger(__name__)
 ROOT_USER_FLEX_ROOT = "/var/lib/flex"
 USER_FLEX_ROOT = ".local/share/flex"  # below the login user's home directory
 VERB_TIMEOUT = 30.0
+PYTHON = "python3"  # the node's interpreter of the runtime
 # the most bytes a request over the probe stream carries: the stream holds a request's input in memory
 # before it serves it, so bigger job files (models, datasets) go by the command, streamed to disk
 STREAM_INPUT_MAX = 8 << 20
+_INSTALLERS: dict[str, bytes] = {}  # runtime directory -> what a probe stream's BOOT gets (one per process)
 
 
 @dataclass(frozen=True)
@@ -143,22 +146,35 @@ class NodeClient:
         The modules' bytecode goes with them (runtime_bytecode: compiled here once per process), so
         the node's first verb does not compile them. The entry point goes last in the batch, so it
         exists only once every other file does (the verbs rely on that: see runtime_missing)."""
-        target = await self.runtime_dir()
+        result = await self.transport.sync(self.host, self._runtime_push(await self.runtime_dir()), fresh=missing)
+        self.installs += 1
+        return bool(result.changed)
+
+    def _runtime_push(self, target: str) -> list[PushFile]:
+        """The runtime's files and bytecode for the directory target, the entry point last."""
         entry = [f for f in self._files if f.name == ENTRY_POINT]
         files = [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode)
                  for f in self._files if f.name != ENTRY_POINT]
         files += [PushFile.from_bytes(data, posixpath.join(target, name), 0o644)
                   for name, data in runtime_bytecode(self._files)]
-        files += [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in entry]
-        result = await self.transport.sync(self.host, files, fresh=missing)
+        return files + [PushFile.from_path(f.path, posixpath.join(target, f.name), f.mode) for f in entry]
+
+    async def _install_by_stream(self, lines: LineStream) -> None:
+        """Answer BOOT's MISSING line (bootstrap.py): the installer and the runtime, compressed."""
+        target = await self.runtime_dir()
+        data = _INSTALLERS.get(target)
+        if data is None:
+            data = _INSTALLERS[target] = installer_input(self._runtime_push(target))
+        await lines.send(data)
         self.installs += 1
-        return bool(result.changed)
 
     async def _argv(self, *args: str) -> list[str]:
         # -E -S: no PYTHON* variables and no site scan; the runtime needs only the stdlib and the
         # pynvml.py beside it (-I would drop the script's directory from sys.path, and pynvml with it)
-        entry = posixpath.join(await self.runtime_dir(), ENTRY_POINT)
-        return ["python3", "-E", "-S", entry, "--root", await self.root(), *args]
+        return [PYTHON, "-E", "-S", *await self._entry_argv(*args)]
+
+    async def _entry_argv(self, *args: str) -> list[str]:
+        return [posixpath.join(await self.runtime_dir(), ENTRY_POINT), "--root", await self.root(), *args]
 
     async def verb(self, *args: str, timeout: float = VERB_TIMEOUT, input: bytes | None = None) -> dict[str, Any]:
         """Run `flexnode.py VERB ARGS` and return its JSON document (ok false is returned, not raised).
@@ -241,7 +257,7 @@ class NodeClient:
         The runtime is installed first when the node lacks it. The stream reads the channel as its
         stdin and ends when it closes (the controller went away), so no watchdog process runs beside it.
         """
-        argv = await self._argv("probe", "--stream", "--interval", f"{interval:g}")
+        argv = stream_argv(PYTHON, await self._entry_argv("probe", "--stream", "--interval", f"{interval:g}"))
         for attempt in (1, 2):
             async with self.transport.stream(self.host, argv, watches_stdin=True) as lines:
                 self._stream = lines
@@ -249,6 +265,12 @@ class NodeClient:
                     async for line in lines:
                         if not line.strip():
                             continue
+                        if line == MISSING:
+                            await self._install_by_stream(lines)
+                            continue
+                        if line.startswith(FAILED):
+                            raise failed_write(self.host.name, failure(line), "installing the node runtime failed: "
+                                               f"{line[len(FAILED):]}", await self.runtime_dir())
                         try:
                             doc = json.loads(line)
                         except ValueError:

@@ -16,6 +16,7 @@ from deployer.models import FileSpec as JobFile
 from deployer.models import HealthCheck, Host, JobSpec, Port, Resources, StopPolicy
 from deployer.nodeclient import Launch, NodeClient, allocation_spec
 from deployer.transport import Pool
+from deployer.transporterrors import SyncError
 from tests.integration.transportkit import fast_settings
 
 SECRET = "hunter2-very-secret"
@@ -135,6 +136,74 @@ async def test_a_verb_or_a_stream_installs_the_runtime_only_where_it_is_missing(
         first = await asyncio.wait_for(stream.__anext__(), 20)
         assert first.status == "ready" and fresh.installs == 1
         await stream.aclose()
+
+
+def stream_processes(root: Path) -> list[list[str]]:
+    """The argv of every process on this machine whose command line names root and `probe`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        except OSError:
+            continue
+        if str(root) in argv and "probe" in argv:
+            found.append(argv)
+    return found
+
+
+async def test_a_fresh_node_s_probe_stream_installs_the_runtime_itself(tmp_path: Path) -> None:
+    """bootstrap.py: the stream's command finds no runtime, says so, reads the installer and the
+    compressed runtime on its stdin, writes them and goes on as the stream: no other command, no sync,
+    one process. Where the runtime exists the stream is the plain `python3 -E -S flexnode.py` command."""
+    from deployer.bootstrap import BOOT
+
+    root = tmp_path / "root"
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        commands = count_commands(pool, host)
+        syncs: list[Any] = []
+        conn = pool.connection(host)
+        sync = conn.sync
+
+        async def counted_sync(files: Any, **kwargs: Any) -> Any:
+            syncs.append(files)
+            return await sync(files, **kwargs)
+
+        conn.sync = counted_sync  # type: ignore[method-assign]
+        stream = client.probe_stream(interval=30)
+        first = await asyncio.wait_for(stream.__anext__(), 20)
+        assert first.is_ready and client.installs == 1 and commands == [] and syncs == []
+        runtime = Path(await client.runtime_dir())
+        assert (runtime / "flexnode.py").stat().st_mode & 0o777 == 0o755
+        assert (runtime / "__pycache__").is_dir() and not list(runtime.glob(".*.flextmp"))
+        assert [argv[3:5] for argv in stream_processes(root)] == [["-c", BOOT]]  # one process: it serves on
+        reader = asyncio.ensure_future(asyncio.wait_for(stream.__anext__(), 20))  # the reply comes among the lines
+        doc = await client.launch(Launch("boot-1", job(command=("sleep", "60"), stop=StopPolicy(timeout=2.0)),
+                                         fresh=True))
+        assert doc["ok"] and client.stream_calls == 1, doc  # the installing stream serves launches too
+        await reader
+        await stream.aclose()
+        again = NodeClient(pool, host).probe_stream(interval=30)
+        assert (await asyncio.wait_for(again.__anext__(), 20)).is_ready
+        assert [argv[1:4] for argv in stream_processes(root)] == [["-E", "-S", str(runtime / "flexnode.py")]]
+        await again.aclose()
+        assert commands == [] and syncs == []
+        await client.stop("boot-1", timeout=2)
+
+
+async def test_a_runtime_the_stream_cannot_write_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "runtime").write_text("a file where the runtime directory goes\n")
+    host = Host(name="local", address="localhost", connection="local", flex_root=str(root))
+    async with Pool([host], fast_settings(tmp_path)) as pool:
+        client = NodeClient(pool, host)
+        with pytest.raises(SyncError) as failed:
+            await asyncio.wait_for(client.probe_stream(interval=30).__anext__(), 20)
+        message = str(failed.value)
+        assert "could not write" in message and str(root / "runtime") in message and "ENOTDIR" in message, message
+        assert (root / "runtime").read_text().startswith("a file")
 
 
 async def test_the_probe_stream_answers_a_poke_and_needs_no_watchdog(tmp_path: Path) -> None:
