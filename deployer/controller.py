@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 HOST_FIELDS = ("name", "address", "port", "user", "key_file", "connection", "flex_root")
 WARMING_S = 10.0  # a starting controller's window for every node's first answer (see ClusterSnapshot.warming)
+LEASE_RENEW_EVERY = 1.0  # seconds between renewals of the controller lease (at most a fifth of its TTL)
 NODE_SAVE_INTERVAL = 5.0  # seconds between saves of a node's last state (an attached console reads these)
 KEPT_VARS = ("flex_known_hosts", "flex_proxy_jump", "ansible_ssh_common_args")
 
@@ -94,6 +95,7 @@ class Controller:
         self._runs: dict[str, int] = {}  # alloc id -> the node's launch count the timers belong to
         self._saved_nodes: dict[str, tuple[str, float]] = {}
         self._last_renew = 0.0
+        self._lease_renewed = -1e9  # monotonic time of the last controller lease renewal
         self._salt = uuid.uuid4().hex[:8]
         self._warm_until = 0.0  # set by run(); reconcile_once() called directly sees no warming
 
@@ -122,6 +124,7 @@ class Controller:
             who = f"{holder.hostname} pid {holder.pid}" if holder else "another process"
             raise ControllerBusy(f"state database {self.store.path}: a controller already runs ({who})\n"
                                  "  fix: let it work (`flex push` and `flex console` use it), or stop it first")
+        self._lease_renewed = time.monotonic()
         with self.store.transaction() as tx:
             for host in self.inventory.hosts:
                 tx.save_node_host(host.name, host_record(host))
@@ -213,8 +216,8 @@ class Controller:
     def reconcile_once(self) -> Plan:
         """One pass: snapshot, reconcile, persist, dispatch; returns the plan."""
         now, wall = time.monotonic(), time.time()
-        if not self.store.renew_lease(self.owner, self.settings.controller_lease_ttl, wall):
-            raise ControllerBusy(f"state database {self.store.path}: another controller took the lease over")
+        self._renew_lease(now, wall)
+        self.executor.flush()  # the launches confirmed since the last pass are in the records it reads
         self._check_stale(now)
         intents = self.store.pending_intents()
         desired = self._desired()
@@ -234,6 +237,18 @@ class Controller:
         for subscriber in list(self.subscribers):
             subscriber(snapshot, plan)
         return plan
+
+    def _renew_lease(self, now: float, wall: float) -> None:
+        """Renew the controller lease when a fifth of its TTL (at most LEASE_RENEW_EVERY) has passed
+        since the last renewal, not on every pass: each renewal is a commit (an fsync). The lease can
+        only pass to another controller once it expired, and any pass after a pause that long renews
+        first, so a controller that lost its lease still learns it before it writes a plan."""
+        ttl = self.settings.controller_lease_ttl
+        if now - self._lease_renewed < min(LEASE_RENEW_EVERY, ttl / 5):
+            return
+        if not self.store.renew_lease(self.owner, ttl, wall):
+            raise ControllerBusy(f"state database {self.store.path}: another controller took the lease over")
+        self._lease_renewed = now
 
     def _desired(self) -> dict[str, DesiredJob]:
         cron = self.store.cron_times()

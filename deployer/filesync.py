@@ -108,9 +108,36 @@ def prepare(files: Sequence[FileLike]) -> list[Upload]:
             raise ValueError(f"remote path must be absolute, unique and name a file: {path!r}")
         path.encode("utf-8", "surrogateescape")  # UnicodeEncodeError (a ValueError): no file can have it
         seen.add(path)
-        data = spec.read()
-        uploads.append(Upload(spec, data, hashlib.sha256(data).hexdigest()))
+        uploads.append(Upload(spec, *_content(spec)))
     return uploads
+
+
+# (path, inode, size, mtime, ctime) -> (content, sha256) of the local files sync read, up to
+# READ_CACHE_MAX bytes in all: a push to N nodes reads and hashes each job file once, not N times
+_read_cache: dict[tuple[str, int, int, int, int], tuple[bytes, str]] = {}
+READ_CACHE_MAX = 64 << 20
+
+
+def _content(spec: FileSpec) -> tuple[bytes, str]:
+    """A file's bytes and their sha256 (hex); a local file unchanged since this process last read it
+    (same inode, size, mtime and ctime before and after the read) comes from the cache."""
+    if spec.source is None:
+        data = spec.read()
+        return data, hashlib.sha256(data).hexdigest()
+    key = _stat_key(spec.source)
+    hit = _read_cache.get(key)
+    if hit is not None:
+        return hit
+    data = spec.read()
+    found = data, hashlib.sha256(data).hexdigest()
+    if _stat_key(spec.source) == key and len(data) + sum(len(d) for d, _ in _read_cache.values()) <= READ_CACHE_MAX:
+        _read_cache[key] = found
+    return found
+
+
+def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
+    st = path.stat()
+    return str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def stale_uploads(uploads: Sequence[Upload], remote: Mapping[str, object]) -> list[Upload]:

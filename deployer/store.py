@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -56,9 +56,25 @@ class Transaction(Reader):
 
     closed = False
 
-    def _exec(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock: threading.RLock, begin: Callable[[], None]) -> None:
+        super().__init__(conn, path, lock)
+        self._begin = begin
+        self.begun = False  # BEGIN IMMEDIATE is sent with the first statement: a block that reads and
+        # writes nothing costs no lock and no COMMIT (with synchronous=FULL, an fsync of the WAL)
+
+    def _start(self) -> None:
         if self.closed:
             raise StoreError(f"state database {self.path}: write outside its transaction (a bug in flex)")
+        if not self.begun:
+            self._begin()
+            self.begun = True
+
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        self._start()
+        return super()._rows(sql, args)
+
+    def _exec(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        self._start()
         return self._conn.execute(sql, tuple(args))
 
     def put_job(self, spec: JobSpec, raw_yaml: str, source: str, now: float | None = None) -> bool:
@@ -291,12 +307,12 @@ class Store(Reader):
         with self._lock:
             if self._in_transaction:
                 raise StoreError(f"state database {self.path}: nested transaction (a bug in flex)")
-            self._begin()
             self._in_transaction = True
-            tx = Transaction(self._conn, self.path, self._lock)
+            tx = Transaction(self._conn, self.path, self._lock, self._begin)
             try:
                 yield tx
-                self._conn.execute("COMMIT")
+                if tx.begun:
+                    self._conn.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")

@@ -352,3 +352,23 @@ def test_an_sqlite_error_inside_a_transaction_becomes_a_store_error_and_rolls_ba
     assert store.events() == []
     with pytest.raises(StoreError, match="nested"), store.transaction(), store.transaction():
         pass
+
+
+def test_a_transaction_begins_at_its_first_statement_and_one_that_ran_none_commits_nothing(store: Store) -> None:
+    """An empty `with store.transaction()` (a pass with nothing to record) takes no lock and writes no
+    COMMIT, which with synchronous=FULL is an fsync; a read inside one is inside the transaction."""
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    with store.transaction():
+        pass
+    assert statements == []
+    with store.transaction() as tx:
+        assert tx.jobs() == []  # the read begins it: a write after it sees what it read
+        assert statements[0] == "BEGIN IMMEDIATE"
+        other = sqlite3.connect(store.path, isolation_level=None, timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+        tx.append_event("k", "m")
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    assert [e.message for e in store.events()] == ["m"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import hashlib
 import json
 import re
 import shlex
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from deployer.bootstrap import BOOT, INSTALLER
 from deployer.connection import (
     FileSpec,
     LineStream,
@@ -100,7 +102,8 @@ def test_is_remote_timeout(status: int, duration: float, expected: bool) -> None
     assert is_remote_timeout(status, duration, 5.0) is expected
 
 
-@pytest.mark.parametrize("script", [HASH_SCRIPT, WRITE_SCRIPT, WATCHDOG], ids=["hash", "write", "watchdog"])
+@pytest.mark.parametrize("script", [HASH_SCRIPT, WRITE_SCRIPT, WATCHDOG, BOOT, INSTALLER.decode()],
+                         ids=["hash", "write", "watchdog", "boot", "installer"])
 def test_node_scripts_parse_as_python_38(script: str) -> None:
     ast.parse(script, feature_version=(3, 8))
 
@@ -184,6 +187,27 @@ def test_payload_is_header_then_contents() -> None:
     fields = ["/a", str(0o600), "2", uploads[0].digest, "/c", str(0o644), "1", uploads[1].digest]
     assert head == "".join(field + "\0" for field in fields).encode()
     assert body == b"abc"
+
+
+def test_a_local_file_is_read_and_hashed_once_until_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push to N nodes reads and hashes each job file once; a change (content, size or not) is read again."""
+    import os
+
+    source = tmp_path / "blob.bin"
+    source.write_bytes(b"one")
+    reads: list[Path] = []
+    read = FileSpec.read
+
+    def counted(spec: FileSpec) -> bytes:
+        reads.append(spec.source or Path())
+        return read(spec)
+
+    monkeypatch.setattr(FileSpec, "read", counted)
+    first = [prepare([FileSpec.from_path(source, f"/n{i}/blob.bin")])[0] for i in range(3)]
+    assert len(reads) == 1 and {u.digest for u in first} == {hashlib.sha256(b"one").hexdigest()}
+    source.write_bytes(b"two")  # same size
+    os.utime(source, ns=(1, 1))  # even with an old mtime: the inode's ctime moved
+    assert prepare([FileSpec.from_path(source, "/n0/blob.bin")])[0].data == b"two" and len(reads) == 2
 
 
 @pytest.mark.parametrize(("report", "expected"), [

@@ -1,0 +1,80 @@
+"""deployer/executor.py (and the controller's lease renewals) against a real SQLite store and node clients that answer at once: what it
+commits, and how many commits (each one an fsync of the WAL with synchronous=FULL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployer.controller import Controller, ControllerBusy, ControllerSettings
+from deployer.executor import Executor
+from deployer.inventory import parse_inventory
+from deployer.models import Allocation, JobSpec
+from deployer.plan import PLACE, ClusterSnapshot, Item, Plan
+from deployer.store import Store
+
+SPEC = JobSpec(name="web", command=("sleep", "60"), count=30)
+
+
+class AnsweringClient:
+    """A NodeClient whose launches succeed at once, with the pid the node would report."""
+
+    def __init__(self) -> None:
+        self.launched: list[str] = []
+
+    async def launch(self, launch: Any, secrets: Any = None) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        self.launched.append(launch.alloc_id)
+        return {"ok": True, "pid": 1000 + len(self.launched), "restarts": 1}
+
+
+async def test_launches_confirmed_together_are_recorded_in_one_commit(tmp_path: Path) -> None:
+    """30 nodes answering in the same turn of the loop cost one COMMIT for their records, not 30; every
+    record and event is there once the operations are done, before the controller's next pass."""
+    store = Store.open(tmp_path / "flex.db")
+    client = AnsweringClient()
+    executor = Executor(store, lambda node: client)  # type: ignore[arg-type,return-value]
+    allocs = [Allocation(id=f"web-{i}", job="web", node=f"n{i}", index=i) for i in range(30)]
+    plan = Plan(items=tuple(Item(PLACE, "web", "new", a) for a in allocs))
+    executor.persist(plan, ClusterSnapshot(), 1.0)
+    commits: list[str] = []
+    store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    await asyncio.gather(*executor.dispatch(plan, ClusterSnapshot(), {"web": SPEC}))
+    assert len(client.launched) == 30 and len(commits) == 1, commits
+    records = {a.id: a for a in store.allocations()}
+    assert {r.observed_status for r in records.values()} == {"starting"}
+    started = [e for e in store.events() if e.kind == "started"]
+    assert sorted(e.alloc for e in started) == sorted(a.id for a in allocs)
+    assert all(e.message.startswith("started, pid ") for e in started)
+    executor.flush()  # nothing left: no commit
+    assert len(commits) == 1
+    store.close()
+
+
+def test_the_controller_lease_is_renewed_once_a_second_not_on_every_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each renewal is a commit: 15 passes in a second renew once; a pass after a longer pause renews
+    first, and learns there that another controller took the lease over."""
+    inventory = parse_inventory(f"all:\n  hosts:\n    n1:\n      ansible_connection: local\n"
+                                f"      flex_root: {tmp_path / 'root'}\n", "inventory.yaml")
+    store = Store.open(tmp_path / "flex.db")
+    controller = Controller(inventory, store, ControllerSettings(controller_lease_ttl=15.0))
+    assert store.acquire_lease(controller.owner, 15.0, time.time())
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    renewals: list[str] = []
+    store._conn.set_trace_callback(lambda sql: renewals.append(sql) if "controller_lease" in sql else None)
+    for _ in range(15):
+        controller.reconcile_once()
+        clock[0] += 0.05
+    assert len(renewals) == 1
+    clock[0] += 20.0  # a pause past the TTL: another controller took the lease meanwhile
+    with store.transaction() as tx:
+        tx._exec("UPDATE controller_lease SET owner = 'other', expires_at = ?", (time.time() + 15,))
+    with pytest.raises(ControllerBusy, match="took the lease over"):
+        controller.reconcile_once()
+    store.close()
