@@ -39,7 +39,7 @@ from deployer.nodeclient import NodeClient
 from deployer.plan import RESTART, AllocTimers, ClusterSnapshot, DesiredJob, Item, Plan
 from deployer.reconcile import reconcile
 from deployer.reconcile_jobs import allocation_version
-from deployer.store import Store
+from deployer.store import Store, Transaction
 from deployer.transport import Pool, TransportSettings, UntrustedHost
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,6 @@ class Controller:
         """One pass: snapshot, reconcile, persist, dispatch; returns the plan."""
         now, wall = time.monotonic(), time.time()
         self._renew_lease(now, wall)
-        self.executor.flush()  # the launches confirmed since the last pass are in the records it reads
         self._check_stale(now)
         intents = self.store.pending_intents()
         desired = self._desired()
@@ -225,12 +224,11 @@ class Controller:
             desired = self._desired()
         snapshot = self._snapshot(now, wall)
         plan = reconcile(desired, snapshot, now)
-        self.executor.persist(plan, snapshot, wall)
+        self.executor.persist(plan, snapshot, wall, also=lambda tx: self._save_nodes(tx, wall))
         specs = {name: job.spec for name, job in desired.items()}
         self.executor.dispatch(plan, snapshot, specs, self._done)
         self.note_dispatch(plan, now)
         self._apply_intents(intents, wall)
-        self._save_nodes(wall)
         self._renew_leases(now, snapshot)
         self.last_plan = plan
         self.passes += 1
@@ -307,8 +305,12 @@ class Controller:
         return self._specs[key]
 
     def _snapshot(self, now: float, wall: float) -> ClusterSnapshot:
-        allocations = tuple(self.store.allocations())
-        launched = self._adopt_generations(allocations, self.store.launched_generations())
+        confirmed = self.executor.confirmed()  # launches confirmed since the last pass, committed by this one
+        allocations = tuple(confirmed[a.id][0] if a.id in confirmed else a for a in self.store.allocations())
+        launched = self.store.launched_generations()
+        for alloc_id, (_, generation) in confirmed.items():
+            launched[alloc_id] = max(generation, launched.get(alloc_id, 0))
+        launched = self._adopt_generations(allocations, launched)
         flags = self.store.nodes(with_state=False)
         cordoned = {r.name for r in flags if r.cordoned} | {f"{r.name}/{g}" for r in flags for g in r.cordoned_gpus}
         self._update_timers(allocations, now)
@@ -409,19 +411,18 @@ class Controller:
                 tx.append_event("intent", f"{intent.kind} {intent.target}: {result}", actor=intent.actor,
                                 job=intent.target if intent.kind in ("restart", "stop") else None, time=wall)
 
-    def _save_nodes(self, wall: float) -> None:
+    def _save_nodes(self, tx: Transaction, wall: float) -> None:
+        """Each node's last state when its status changed or NODE_SAVE_INTERVAL passed (in the pass's
+        transaction: what a pass writes is one commit)."""
         changed = [(n, s) for n, s in self.nodes.items() if self._saved_nodes.get(n, ("", 0.0))[0] != s.status
                    or wall - self._saved_nodes[n][1] > NODE_SAVE_INTERVAL]
-        if not changed:
-            return
-        with self.store.transaction() as tx:
-            for name, state in changed:
-                previous = self._saved_nodes.get(name, ("", 0.0))[0]
-                tx.save_node(name, node_record(state), wall, state.boot_id)
-                if previous != state.status:
-                    tx.append_event(f"node_{state.status}", state.error or f"{name} is {state.status}", node=name,
-                                    time=wall)
-                self._saved_nodes[name] = (state.status, wall)
+        for name, state in changed:
+            previous = self._saved_nodes.get(name, ("", 0.0))[0]
+            tx.save_node(name, node_record(state), wall, state.boot_id)
+            if previous != state.status:
+                tx.append_event(f"node_{state.status}", state.error or f"{name} is {state.status}", node=name,
+                                time=wall)
+            self._saved_nodes[name] = (state.status, wall)
 
     def _renew_leases(self, now: float, snapshot: ClusterSnapshot) -> None:
         """Renew the workload leases of every reachable node (fencing), every third of the TTL."""

@@ -63,9 +63,13 @@ class Executor:
         # confirmed launches not committed yet: (record, launched generation, event kind, message, time)
         self._confirmed: list[tuple[Allocation, int, str, str, float]] = []
 
-    def persist(self, plan: Plan, snapshot: ClusterSnapshot, wall: float) -> None:
-        """Commit every record and event the plan implies, before any node hears of it."""
+    def persist(self, plan: Plan, snapshot: ClusterSnapshot, wall: float,
+                also: Callable[[Transaction], None] | None = None) -> None:
+        """Commit every record and event the plan implies, before any node hears of it, in one
+        transaction with the launches confirmed since the last pass (see confirmed) and what also
+        writes: one commit (with synchronous=FULL, one fsync) per pass."""
         with self.store.transaction() as tx:
+            self._write_confirmed(tx)
             for alloc, reason in plan.marks:
                 tx.save_allocation(alloc)
                 tx.append_event(MARK_EVENTS.get(alloc.observed_status, "status"), reason, job=alloc.job,
@@ -77,6 +81,9 @@ class Executor:
                                   next_fire=plan.next_fire.get(job))
             for job, fire in plan.fired.items():
                 tx.append_event("cron", f"schedule fired ({_clock(fire)})", job=job, time=wall)
+            if also is not None:
+                also(tx)
+        self._confirmed.clear()
 
     def _persist_item(self, tx: Transaction, item: Item, wall: float) -> None:
         alloc = item.alloc
@@ -178,32 +185,31 @@ class Executor:
         words = "already running (adopted)" if adopted else f"started, pid {doc.get('pid')}"
         kind = "restarted" if item.action == RESTART else "started"
         self._confirmed.append((record, item.target_generation, kind, f"{words} on {alloc.node}", time.time()))
-        if len(self._confirmed) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_soon)
         return True
 
+    def confirmed(self) -> dict[str, tuple[Allocation, int]]:
+        """The launches confirmed since the last pass, not committed yet: alloc id -> (its record, the
+        generation it was launched at). The next pass's snapshot reads them over the store's records and
+        its persist commits them with its own: the nodes of a fleet answering within a pass cost one
+        fsync, not one each. A controller that dies first leaves those allocations pending; the next
+        one asks the node by allocation id, which already runs it (F10)."""
+        return {record.id: (record, generation) for record, generation, *_ in self._confirmed}
+
+    def _write_confirmed(self, tx: Transaction) -> None:
+        for record, generation, kind, message, wall in self._confirmed:
+            tx.save_allocation(record, launched_generation=generation)
+            tx.append_event(kind, message, job=record.job, alloc=record.id, node=record.node, time=wall)
+
     def flush(self) -> None:
-        """Commit the launches confirmed since the last flush, in one transaction (a launch's record is
-        written when the loop next runs, the pass's records first: 30 nodes answering at once cost one
-        fsync, not 30). A controller that dies before it leaves the allocation pending; the next one
-        asks the node by allocation id, which already runs it (F10).
+        """Commit the confirmed launches now (on shutdown: no pass follows).
 
         Raises:
-            StoreError: the state database could not be written (the records wait for the next flush).
+            StoreError: the state database could not be written (the records stay for the next try).
         """
-        if not self._confirmed:
-            return
-        with self.store.transaction() as tx:
-            for record, generation, kind, message, wall in self._confirmed:
-                tx.save_allocation(record, launched_generation=generation)
-                tx.append_event(kind, message, job=record.job, alloc=record.id, node=record.node, time=wall)
+        if self._confirmed:
+            with self.store.transaction() as tx:
+                self._write_confirmed(tx)
         self._confirmed.clear()
-
-    def _flush_soon(self) -> None:
-        try:
-            self.flush()
-        except FlexError:
-            log.exception("cannot record %d confirmed launches yet", len(self._confirmed))
 
     async def _stop(self, item: Item, spec: JobSpec | None) -> bool:
         alloc = item.alloc

@@ -32,9 +32,9 @@ class AnsweringClient:
         return {"ok": True, "pid": 1000 + len(self.launched), "restarts": 1}
 
 
-async def test_launches_confirmed_together_are_recorded_in_one_commit(tmp_path: Path) -> None:
-    """30 nodes answering in the same turn of the loop cost one COMMIT for their records, not 30; every
-    record and event is there once the operations are done, before the controller's next pass."""
+async def test_the_launches_confirmed_between_two_passes_are_committed_by_the_next_pass(tmp_path: Path) -> None:
+    """30 nodes answering between two passes cost the next pass's one COMMIT (each one an fsync), not 30
+    of their own; until then the controller's snapshot reads them from Executor.confirmed()."""
     store = Store.open(tmp_path / "flex.db")
     client = AnsweringClient()
     executor = Executor(store, lambda node: client)  # type: ignore[arg-type,return-value]
@@ -44,13 +44,16 @@ async def test_launches_confirmed_together_are_recorded_in_one_commit(tmp_path: 
     commits: list[str] = []
     store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
     await asyncio.gather(*executor.dispatch(plan, ClusterSnapshot(), {"web": SPEC}))
-    assert len(client.launched) == 30 and len(commits) == 1, commits
-    records = {a.id: a for a in store.allocations()}
-    assert {r.observed_status for r in records.values()} == {"starting"}
+    assert len(client.launched) == 30 and commits == []
+    assert {r.observed_status for r, _ in executor.confirmed().values()} == {"starting"}
+    executor.persist(Plan(), ClusterSnapshot(), 2.0)  # the next pass
+    assert len(commits) == 1 and executor.confirmed() == {}
+    assert {a.observed_status for a in store.allocations()} == {"starting"}
     started = [e for e in store.events() if e.kind == "started"]
     assert sorted(e.alloc for e in started) == sorted(a.id for a in allocs)
     assert all(e.message.startswith("started, pid ") for e in started)
-    executor.flush()  # nothing left: no commit
+    executor.persist(Plan(), ClusterSnapshot(), 3.0)  # nothing to write: no commit
+    executor.flush()
     assert len(commits) == 1
     store.close()
 
