@@ -7,7 +7,9 @@ Every check is bounded by its timeout and the checks of one probe run in paralle
 the time of the last success. The last result lives in health.json next to the allocation (the
 supervisor removes it at each launch) and is reused while younger than the check's interval, except a
 failure of an allocation that has not passed its check since it started: that one is checked again
-after FIRST_SUCCESS_RECHECK_S, so a server that starts listening is seen at the next document.
+after FIRST_SUCCESS_RECHECK_S, so a server that starts listening is seen at the next document. The
+probe stream checks a young allocation's http/tcp check more often still, without a document, until
+it passes (quick_pass, nodeprobe.quick_checks).
 """
 
 from __future__ import annotations
@@ -213,6 +215,21 @@ def run_checks(jobs: list) -> dict:
             results[paths.alloc_id] = record(paths, {"ok": False, "checked_at": time.time(),
                                                      "detail": "check did not finish in time"})
     return dict(results)
+
+
+def quick_pass(jobs: list, timeout: float) -> bool:
+    """Run [(paths, spec, started_at), ...] http/tcp checks one after the other, each within timeout
+    (at most its own), and store the ones that pass; True when any passed. A failure is not stored:
+    these checks run more often than the documents' (see nodeprobe.quick_checks), and the failure
+    count that decides a restart counts the checks at the documents' pace."""
+    passed = False
+    for paths, spec, _started_at in jobs:
+        check = dict(spec["health"], timeout=min(float(spec["health"]["timeout"]), timeout))
+        result = run_check(check, {}, spec.get("cwd") or paths.dir)
+        if result["ok"]:
+            record(paths, result)
+            passed = True
+    return passed
 
 
 def _run_one(paths: AllocPaths, spec: dict, results: dict) -> None:

@@ -32,7 +32,7 @@ from nodecommon import (
     wakeup_token,
 )
 from nodectl import alloc_view
-from nodehealth import FIRST_SUCCESS_RECHECK_S, awaits_first_success, run_checks
+from nodehealth import FIRST_SUCCESS_RECHECK_S, awaits_first_success, quick_pass, run_checks
 from nodelogs import failure_tail
 from nodeproc import boot_id, list_pids, read_cmdline, read_environ, read_stat
 from nodespec import load_spec
@@ -40,6 +40,9 @@ from nodespec import load_spec
 NVML_TIMEOUT_S = 5.0
 LOG_TAIL_LINES = 20
 POLL_MS = 50
+QUICK_CHECK_S = 0.05  # a young allocation's pending http/tcp check runs this often (see quick_checks)
+QUICK_FOR_S = 5.0  # ... for this long after its start; then at the documents' pace
+QUICK_CHECK_TIMEOUT_S = 0.25  # each, at most (a slower answer is seen by the documents' own check)
 
 
 # -- node facts -------------------------------------------------------------------------------------
@@ -261,6 +264,27 @@ def health_recheck_in(doc: dict, now=None):
     return min(waits) if waits else None
 
 
+def quick_checks(root: str, doc: dict, now=None) -> list:
+    """[(paths, spec, started_at), ...] of the allocations of doc that await their first passing http
+    or tcp check and started less than QUICK_FOR_S ago: the stream runs those checks every
+    QUICK_CHECK_S without a document, and sends one as soon as one passes (nodehealth.quick_pass; a
+    command check starts a process each time: those keep the documents' pace, see health_recheck_in)."""
+    now = time.time() if now is None else now
+    out = []
+    for alloc_id, view in (doc.get("allocations") or {}).items():
+        started_at = view.get("started_at")
+        if not view.get("health_pending") or not isinstance(started_at, (int, float)) or now - started_at > QUICK_FOR_S:
+            continue
+        paths = AllocPaths(root, alloc_id)
+        try:
+            spec = load_spec(paths)
+        except NodeError:
+            continue
+        if (spec.get("health") or {}).get("type") in ("http", "tcp"):
+            out.append((paths, spec, started_at))
+    return out
+
+
 def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, health: bool = True,
            serve=None) -> int:
     """Print a document now, every interval and at once on an allocation change; returns 0 when the
@@ -269,10 +293,18 @@ def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, heal
     before the next document."""
     gpus = GpuCollector()
     token, due, recheck, seq, trigger = wakeup_token(root), 0.0, None, 0, "start"
+    quick = []  # see quick_checks
     while True:
         now = time.monotonic()
         if not trigger and recheck is not None and now >= recheck:
-            trigger = "health"  # an allocation awaits its first passing check: check again before the interval
+            # an allocation awaits its first passing check: check again before the interval, and while it
+            # is young only its check, until it passes
+            wall = time.time()
+            quick = [q for q in quick if wall - q[2] <= QUICK_FOR_S]
+            if quick and not quick_pass(quick, QUICK_CHECK_TIMEOUT_S):
+                recheck = time.monotonic() + QUICK_CHECK_S
+            else:
+                trigger = "health"
         if trigger or now >= due:
             seq += 1
             doc = probe_document(root, gpus, fresh=trigger != "change", health=health)
@@ -283,7 +315,8 @@ def stream(root: str, interval: float, watch: ChannelWatch, count: int = 0, heal
             if trigger != "change":
                 due = time.monotonic() + interval
             wait = health_recheck_in(doc) if health else None
-            recheck = None if wait is None else time.monotonic() + wait
+            quick = quick_checks(root, doc) if wait is not None else []
+            recheck = None if wait is None else time.monotonic() + (QUICK_CHECK_S if quick else wait)
         trigger = ""
         if watch.reason(POLL_MS):
             return 0

@@ -199,6 +199,38 @@ def test_the_stream_checks_a_new_allocation_again_until_it_passes_not_at_its_int
             server.server_close()
 
 
+def test_a_young_allocation_is_seen_healthy_within_a_tenth_of_a_second_without_a_document_per_check(
+        node: Node) -> None:
+    """While an allocation is young and its http check has not passed, the stream runs only that check,
+    every QUICK_CHECK_S, and sends a document when it passes: no document per failed check, and those
+    failures are not counted (the count that decides a restart counts the documents' checks)."""
+    stream = subprocess.Popen(node.argv("probe", "--stream", "--interval", "30"), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server, port = None, free_port()
+    try:
+        assert json.loads(stream.stdout.readline())["trigger"] == "start"
+        node.start("web-2", argv=["sleep", "30"], health={"type": "http", "port": port, "path": "/ok", "interval": 30})
+        docs = []
+        while not docs or (docs[-1]["allocations"].get("web-2") or {}).get("status") != "running":
+            docs.append(json.loads(stream.stdout.readline()))  # the start's change documents
+        time.sleep(1.0)  # 20 quick checks fail meanwhile
+        failures = (health_of(node, "web-2") or {}).get("failures", 0)
+        server = serve(port)
+        listening = time.monotonic()
+        doc = json.loads(stream.stdout.readline())
+        seen = time.monotonic() - listening
+        view = doc["allocations"]["web-2"]
+        assert view["health"]["ok"] and doc["trigger"] == "health", doc
+        assert seen < 0.5, seen  # QUICK_CHECK_S is 0.05: the next check, not the 0.2 s+ of a document's pace
+        assert failures <= 2  # the documents' own checks, not one per quick check
+    finally:
+        stream.kill()
+        stream.wait()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
 RECHECK = """
 import nodeprobe
 def doc(*views):
