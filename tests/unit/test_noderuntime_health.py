@@ -4,6 +4,7 @@ budget (no http.client, pynvml or typing on a probe)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
@@ -11,7 +12,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -169,19 +170,34 @@ def test_a_change_document_runs_no_check_and_marks_what_awaits_its_first_success
     assert len(http_server.seen) == requests  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def stream_and_late_server(node: Node) -> Iterator[tuple[Any, int, Callable[[], None]]]:
+    """A probe stream of node (its first document read), a free port, and listen(): starts a real HTTP
+    server on that port (refused until then). Both are stopped at the end."""
+    stream = subprocess.Popen(node.argv("probe", "--stream", "--interval", "30"), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    servers: list[_Server] = []
+    port = free_port()
+    try:
+        assert json.loads(stream.stdout.readline())["trigger"] == "start"
+        yield stream, port, lambda: servers.append(serve(port))
+    finally:
+        stream.kill()
+        stream.wait()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
 def test_the_stream_checks_a_new_allocation_again_until_it_passes_not_at_its_interval(node: Node) -> None:
     """A server that listens 0.6 s after its start is seen healthy within about a second, although the
     stream's interval and the check's interval are 30 s."""
-    stream = subprocess.Popen(node.argv("probe", "--stream", "--interval", "30"), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    server, port = None, free_port()  # refused until the server listens
-    try:
-        assert json.loads(stream.stdout.readline())["trigger"] == "start"
+    with stream_and_late_server(node) as (stream, port, listen):
         node.start("web-1", argv=["sleep", "30"],
                    health={"type": "http", "port": port, "path": "/ok", "interval": 30})
         node.wait_status("web-1", "running")
         time.sleep(0.6)
-        server = serve(port)
+        listen()
         listening = time.monotonic()
         while True:
             doc = json.loads(stream.stdout.readline())
@@ -191,12 +207,6 @@ def test_the_stream_checks_a_new_allocation_again_until_it_passes_not_at_its_int
             assert time.monotonic() - listening < 5, doc
         assert doc["trigger"] == "health" and view["health_pending"] is False
         assert time.monotonic() - listening < 2.0
-    finally:
-        stream.kill()
-        stream.wait()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
 
 
 def test_a_young_allocation_is_seen_healthy_within_a_tenth_of_a_second_without_a_document_per_check(
@@ -204,18 +214,14 @@ def test_a_young_allocation_is_seen_healthy_within_a_tenth_of_a_second_without_a
     """While an allocation is young and its http check has not passed, the stream runs only that check,
     every QUICK_CHECK_S, and sends a document when it passes: no document per failed check, and those
     failures are not counted (the count that decides a restart counts the documents' checks)."""
-    stream = subprocess.Popen(node.argv("probe", "--stream", "--interval", "30"), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    server, port = None, free_port()
-    try:
-        assert json.loads(stream.stdout.readline())["trigger"] == "start"
+    with stream_and_late_server(node) as (stream, port, listen):
         node.start("web-2", argv=["sleep", "30"], health={"type": "http", "port": port, "path": "/ok", "interval": 30})
-        docs = []
+        docs: list[dict[str, Any]] = []
         while not docs or (docs[-1]["allocations"].get("web-2") or {}).get("status") != "running":
             docs.append(json.loads(stream.stdout.readline()))  # the start's change documents
         time.sleep(1.0)  # 20 quick checks fail meanwhile
         failures = (health_of(node, "web-2") or {}).get("failures", 0)
-        server = serve(port)
+        listen()
         listening = time.monotonic()
         doc = json.loads(stream.stdout.readline())
         seen = time.monotonic() - listening
@@ -223,12 +229,6 @@ def test_a_young_allocation_is_seen_healthy_within_a_tenth_of_a_second_without_a
         assert view["health"]["ok"] and doc["trigger"] == "health", doc
         assert seen < 0.5, seen  # QUICK_CHECK_S is 0.05: the next check, not the 0.2 s+ of a document's pace
         assert failures <= 2  # the documents' own checks, not one per quick check
-    finally:
-        stream.kill()
-        stream.wait()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
 
 
 RECHECK = """
