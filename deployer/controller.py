@@ -96,6 +96,10 @@ class Controller:
         self._saved_nodes: dict[str, tuple[str, float]] = {}
         self._last_renew = 0.0
         self._lease_renewed = -1e9  # monotonic time of the last controller lease renewal
+        self._closing = False  # close() began: observers whose stream ends stop
+        # close() waits until every connection is closed; a CLI verb whose process exits right after
+        # sets False: the disconnects go out while it reports (~0.1 s of a push to 30 nodes)
+        self.wait_on_close = True
         self._salt = uuid.uuid4().hex[:8]
         self._warm_until = 0.0  # set by run(); reconcile_once() called directly sees no warming
 
@@ -119,25 +123,31 @@ class Controller:
         if dead:  # its process is gone (SIGKILL, OOM): no need to wait for its lease to run out
             self.store.release_lease(dead.owner)
             self.store.append_event("controller", f"took over the lease of dead controller {dead.owner}")
-        if not self.store.acquire_lease(self.owner, self.settings.controller_lease_ttl, now):
+        with self.store.transaction() as tx:  # the lease and the hosts: one commit before any connection
+            granted = tx.acquire_lease(self.owner, self.settings.controller_lease_ttl, now)
+            if granted:
+                for host in self.inventory.hosts:
+                    tx.save_node_host(host.name, host_record(host))
+        if not granted:
             holder = self.store.lease_holder(now)
             who = f"{holder.hostname} pid {holder.pid}" if holder else "another process"
             raise ControllerBusy(f"state database {self.store.path}: a controller already runs ({who})\n"
                                  "  fix: let it work (`flex push` and `flex console` use it), or stop it first")
         self._lease_renewed = time.monotonic()
-        with self.store.transaction() as tx:
-            for host in self.inventory.hosts:
-                tx.save_node_host(host.name, host_record(host))
         for name in self._nodes_to_watch():
             self._watch(name)
 
     async def close(self) -> None:
-        """Stop observing, let operations in flight finish (briefly), give the lease back."""
+        """Let operations in flight finish (briefly), close the connections, stop observing, give the
+        lease back. The connections close before the probe streams: a node's stream ends when its
+        connection does (stdin EOF), so there is no channel close to wait for, stream by stream
+        (~0.1 s of every `flex push` to 30 nodes)."""
+        self._closing = True
+        await self.executor.drain(timeout=15.0)
+        await self.pool.close(wait=self.wait_on_close)
         for task in self._observers.values():
             task.cancel()
         await asyncio.gather(*self._observers.values(), return_exceptions=True)
-        await self.executor.drain(timeout=15.0)
-        await self.pool.close()
         try:
             self.store.release_lease(self.owner)
         except FlexError:
@@ -181,6 +191,8 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure is data about the node, never the loop's end
+                if self._closing:
+                    return  # its connection was closed: no new one
                 self._unreachable(name, exc)
                 failures += 1
             await asyncio.sleep(min(0.2 * 2 ** min(failures, 5), 5.0))

@@ -111,7 +111,7 @@ class LocalConnection:
         """Place files by sha256 with the same helper script as over SSH."""
         return await sync_files(self, files, self.settings, fresh=fresh)
 
-    async def close(self) -> None:
+    async def close(self, wait: bool = True) -> None:
         """Nothing to close for a local host."""
 
 

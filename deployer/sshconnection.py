@@ -334,13 +334,16 @@ class SshConnection:
             raise TransportError(self.name, "the host presented no host key")
         return key
 
-    async def close(self) -> None:
-        """Close the connection (commands still running on the host are not stopped)."""
+    async def close(self, wait: bool = True) -> None:
+        """Close the connection (commands still running on the host are not stopped). wait: until the
+        connection is closed (False: the disconnect is sent and the socket closed in the background)."""
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+            if not wait:
+                return
             try:
                 await asyncio.wait_for(conn.wait_closed(), self.settings.kill_after)
             except (TimeoutError, asyncssh.Error, OSError):

@@ -197,14 +197,16 @@ class Pool:
         conn = self._connections.get(self.host(ref).name)
         return conn.handshakes if isinstance(conn, SshConnection) else 0
 
-    async def close(self) -> None:
-        """Close every connection: targets first, then the jump hosts they tunnel through."""
+    async def close(self, wait: bool = True) -> None:
+        """Close every connection: targets first, then the jump hosts they tunnel through. wait: until
+        each is closed (False, for a process about to exit: the disconnects go out in the background,
+        and a node's commands watching their channel end when it drops, as they would anyway)."""
         jumps = {str(h.vars.get("flex_proxy_jump")) for h in self._hosts.values() if h.vars.get("flex_proxy_jump")}
         first = [c for name, c in self._connections.items() if name not in jumps]
         last = [c for name, c in self._connections.items() if name in jumps]
         retired, self._retired = self._retired, []
         for group in (first + retired, last):
-            await asyncio.gather(*(c.close() for c in group), return_exceptions=True)
+            await asyncio.gather(*(c.close(wait=wait or bool(jumps)) for c in group), return_exceptions=True)
         self._connections.clear()
 
     async def __aenter__(self) -> Self:

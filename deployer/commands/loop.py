@@ -24,6 +24,7 @@ async def drive(inventory: Any, store: Any, goal: Callable[[Any], bool], *, time
         if live_lease_holder(store) is None:  # nobody runs the loop: run it here, at least one full pass
             try:
                 async with Controller(inventory, store, settings) as controller:
+                    controller.wait_on_close = False  # the CLI exits after its report
                     await controller.run(until=lambda: _tick(progress) or time.monotonic() > deadline
                                          or goal(controller))
                     return "ran the loop here"

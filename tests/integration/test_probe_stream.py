@@ -59,3 +59,28 @@ def test_an_exit_reaches_the_controller_at_once_not_at_the_next_interval(
     while fleet.hosts[0].exec(["pgrep", "-f", "probe --stream"]).returncode == 0:
         assert time.monotonic() < deadline, "the node-side probe stream outlived its channel"
         time.sleep(0.1)
+
+
+async def close_without_waiting(fleet: Any, tmp_path: Path) -> None:
+    """What a CLI verb does before it exits (Controller.close with wait_on_close False): the connection
+    closes under the open stream, without waiting for it."""
+    inventory = load_inventory(fleet.inventory_path)
+    host = inventory.hosts[0]
+    pool = Pool([host], settings(tmp_path))
+    client = NodeClient(pool, host)
+    stream = client.probe_stream(interval=INTERVAL)
+    assert (await asyncio.wait_for(stream.__anext__(), 30)).is_ready
+    reader = asyncio.ensure_future(stream.__anext__())
+    await pool.close(wait=False)
+    await asyncio.gather(reader, return_exceptions=True)  # the stream ended with its connection
+    await stream.aclose()
+
+
+def test_a_connection_closed_without_waiting_still_ends_the_node_s_stream(
+        make_fleet: Callable[..., Any], tmp_path: Path) -> None:
+    fleet = make_fleet(1)
+    asyncio.run(close_without_waiting(fleet, tmp_path))
+    deadline = time.monotonic() + 10
+    while fleet.hosts[0].exec(["pgrep", "-f", "probe --stream"]).returncode == 0:
+        assert time.monotonic() < deadline, "the node-side probe stream outlived its connection"
+        time.sleep(0.1)
