@@ -424,10 +424,19 @@ class Controller:
                                 job=intent.target if intent.kind in ("restart", "stop") else None, time=wall)
 
     def _save_nodes(self, tx: Transaction, wall: float) -> None:
-        """Each node's last state when its status changed or NODE_SAVE_INTERVAL passed (in the pass's
-        transaction: what a pass writes is one commit)."""
-        changed = [(n, s) for n, s in self.nodes.items() if self._saved_nodes.get(n, ("", 0.0))[0] != s.status
-                   or wall - self._saved_nodes[n][1] > NODE_SAVE_INTERVAL]
+        """Each node's last state when its status changed, or when NODE_SAVE_INTERVAL passed since its
+        last save, for at most a fifth of the nodes per pass, the oldest first (in the pass's
+        transaction: what a pass writes is one commit). Saving 1,000 nodes at once made every fifth
+        second's pass ~0.4 s longer; spread, the records stay a few seconds old and no pass pays for all."""
+        changed, due = [], []
+        for name, state in self.nodes.items():
+            status, saved_at = self._saved_nodes.get(name, ("", 0.0))
+            if status != state.status:
+                changed.append((name, state))
+            elif wall - saved_at > NODE_SAVE_INTERVAL:
+                due.append((saved_at, name, state))
+        due.sort(key=lambda entry: entry[0])
+        changed += [(name, state) for _, name, state in due[:max(50, len(self.nodes) // 5)]]
         for name, state in changed:
             previous = self._saved_nodes.get(name, ("", 0.0))[0]
             tx.save_node(name, node_record(state), wall, state.boot_id)

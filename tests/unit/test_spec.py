@@ -248,3 +248,46 @@ def test_the_fingerprint_leaves_out_defaults_so_new_fields_do_not_roll_every_job
     job = JobSpec("web", ("./run",))
     body = json.dumps({"command": ["./run"], "name": "web"}, separators=(",", ":"), sort_keys=True)
     assert job.fingerprint == job_fingerprint(job) == hashlib.sha256(body.encode()).hexdigest()
+
+
+def _normalized_reference(value: Any, *, skip_defaults: bool = False) -> Any:
+    """normalized() as it was before its fast path (the oracle: job fingerprints must not move)."""
+    from dataclasses import MISSING, fields, is_dataclass
+    from typing import Mapping
+
+    def is_default(spec: Any, item: Any) -> bool:
+        if spec.default is not MISSING:
+            return bool(spec.default == item)
+        if spec.default_factory is not MISSING:
+            return bool(spec.default_factory() == item)
+        return False
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _normalized_reference(getattr(value, f.name), skip_defaults=skip_defaults)
+                for f in fields(value) if f.metadata.get("fingerprint", True)
+                and not (skip_defaults and is_default(f, getattr(value, f.name)))}
+    if isinstance(value, Mapping):
+        return {str(k): _normalized_reference(v, skip_defaults=skip_defaults) for k, v in sorted(value.items())}
+    if isinstance(value, (tuple, list)):
+        return [_normalized_reference(v, skip_defaults=skip_defaults) for v in value]
+    return value
+
+
+def test_normalized_gives_what_it_gave_before_its_fast_path() -> None:
+    """Every example playbook's job (both forms: the stored spec and the fingerprint's) and a node state
+    with GPUs, allocations and orphans normalize exactly as before."""
+    from deployer.models import (AllocationObservation, GpuProcess, GpuState, HealthResult, NodeState,
+                                 frozen_mapping, normalized)
+    from deployer.spec import load_job
+
+    jobs = [load_job(p) for p in sorted((ROOT / "playbooks").glob("*.yaml"))]
+    assert jobs
+    state = NodeState("n1", status="ready", load=(0.5, 0.25, 0.0), cpus=8, gpus_known=True, gpus=(
+        GpuState(index=0, uuid="GPU-1", utilization=12.5, processes=(GpuProcess(7, 1 << 20, "web-0"),)),),
+        allocations=frozen_mapping({"web-0": AllocationObservation(
+            alloc_id="web-0", status="running", is_alive=True, pid=7,
+            health=HealthResult(ok=True, detail="HTTP 200 OK", checked_at=1.0))}),
+        orphans=(frozen_mapping({"alloc_id": "x", "pids": [1, 2]}),))
+    for value in [*jobs, state]:
+        for skip in (False, True):
+            assert normalized(value, skip_defaults=skip) == _normalized_reference(value, skip_defaults=skip)

@@ -372,3 +372,39 @@ def test_a_transaction_begins_at_its_first_statement_and_one_that_ran_none_commi
         tx.append_event("k", "m")
     assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
     assert [e.message for e in store.events()] == ["m"]
+
+
+def test_every_allocation_is_read_again_only_where_it_may_have_changed(store: Store, db: Path) -> None:
+    """store.allocations() (all of them: the controller reads them every pass) serves its cache of rows:
+    the rows this store wrote are read again by id, all of them when another connection committed or a
+    write named no rows; what it returns always equals a fresh read."""
+    store.put_job(job(count=3), "x", "web.yaml")
+    store.save_allocations([alloc(f"web-{i}", index=i) for i in range(3)])
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+
+    def fresh() -> tuple[list[Allocation], dict[str, int]]:
+        with Store.open(db) as other:
+            return other.allocations(), other.launched_generations()
+
+    def reads() -> list[str]:
+        seen = [s for s in statements if s.startswith("SELECT") and "FROM allocations" in s]
+        statements.clear()
+        return seen
+
+    assert (store.allocations(), store.launched_generations()) == fresh()
+    reads()
+    assert store.allocations() == fresh()[0] and reads() == []  # nothing changed: no read
+    store.save_allocation(replace(alloc("web-1", index=1), observed_status="running"), launched_generation=2)
+    assert (store.allocations(), store.launched_generations()) == fresh()
+    assert [s for s in reads() if "WHERE id IN" in s]  # the written row, by id
+    with pytest.raises(RuntimeError), store.transaction() as tx:  # rolled back: nothing to read again
+        tx.save_allocation(alloc("web-9", index=9))
+        raise RuntimeError("no")
+    assert store.allocations() == fresh()[0] and reads() == []
+    store.request_restart("web-2", "alice")  # an UPDATE naming no row to the cache: all read again
+    assert store.allocations() == fresh()[0] and store.allocations()[2].generation == 1
+    with Store.open(db) as other:  # another process's commit
+        other.save_allocation(alloc("web-3", index=3))
+    assert [a.id for a in store.allocations()] == ["web-0", "web-1", "web-2", "web-3"]
+    assert (store.allocations(), store.launched_generations()) == fresh()
