@@ -93,6 +93,9 @@ class Controller:
         self._bad_specs: set[tuple[str, str]] = set()
         self._reverted: set[tuple[str, str]] = set()  # (job, version) rolled back already
         self._runs: dict[str, int] = {}  # alloc id -> the node's launch count the timers belong to
+        # alloc id -> the observation its timers were last updated from: the same object again (the node
+        # sent no new document) changes nothing, so a steady pass skips it (~10 ms at 8,000 allocations)
+        self._timers_seen: dict[str, Any] = {}
         self._saved_nodes: dict[str, tuple[str, float]] = {}
         self._last_renew = 0.0
         self._lease_renewed = -1e9  # monotonic time of the last controller lease renewal
@@ -323,7 +326,7 @@ class Controller:
         for alloc_id, (_, generation) in confirmed.items():
             launched[alloc_id] = max(generation, launched.get(alloc_id, 0))
         launched = self._adopt_generations(allocations, launched)
-        flags = self.store.nodes(with_state=False)
+        flags = self.store.flagged_nodes()
         cordoned = {r.name for r in flags if r.cordoned} | {f"{r.name}/{g}" for r in flags for g in r.cordoned_gpus}
         self._update_timers(allocations, now)
         return ClusterSnapshot(
@@ -376,11 +379,13 @@ class Controller:
 
     def _update_timers(self, allocations: tuple[Any, ...], now: float) -> None:
         """Exit and running times per run of each allocation, from what the nodes report."""
+        seen = self._timers_seen
         for alloc in allocations:
             node = self.nodes.get(alloc.node)
             obs = None if node is None else node.allocations.get(alloc.id)
-            if obs is None:
-                continue
+            if obs is None or seen.get(alloc.id) is obs:
+                continue  # no observation, or the very one these timers were updated from
+            seen[alloc.id] = obs
             timers = self.timers.get(alloc.id) or AllocTimers()
             if self._runs.get(alloc.id) != obs.launches:
                 self._runs[alloc.id] = obs.launches
@@ -405,6 +410,7 @@ class Controller:
         for item in plan.bucket(RESTART):
             if item.is_budgeted:
                 timers = self.timers.get(item.alloc.id) or AllocTimers()
+                self._timers_seen.pop(item.alloc.id, None)  # the next observation decides exit_seen_at again
                 self.timers[item.alloc.id] = replace(timers, restart_times=(*timers.restart_times, now),
                                                      exit_seen_at=None)
 

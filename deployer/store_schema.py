@@ -308,6 +308,14 @@ class Reader:
                                           "boot_id, host")
         return [row_node(r) for r in self._rows(f"SELECT {columns} FROM nodes ORDER BY name")]
 
+    def flagged_nodes(self) -> list[NodeRecord]:
+        """The nodes an operator cordoned (or a GPU of) or drained, by name, flags only: what every
+        controller pass reads (nodes() decodes each node's host, ~12 ms a pass at 1,000 nodes)."""
+        return [row_node(r) for r in self._rows(
+            "SELECT name, cordoned, cordoned_gpus, draining, NULL AS last_state, NULL AS last_seen, "
+            "NULL AS boot_id, NULL AS host FROM nodes WHERE cordoned != 0 OR draining != 0 "
+            "OR cordoned_gpus != '[]' ORDER BY name")]
+
     def get_node(self, name: str) -> NodeRecord | None:
         """The node called name, or None."""
         rows = self._rows("SELECT * FROM nodes WHERE name = ?", (name,))

@@ -225,8 +225,12 @@ def test_stop_drain_and_cordon_set_flags_and_record_intents(store: Store) -> Non
     assert (nodes["n1"].cordoned, nodes["n1"].draining) == (True, True)
     assert (nodes["n2"].cordoned, nodes["n2"].draining) == (True, False)
     assert (nodes["n3"].cordoned, nodes["n3"].cordoned_gpus) == (False, (0,))
+    store.save_node("n4", {"status": "ready"})  # no flag: not among the flagged nodes
+    flagged = {n.name: (n.cordoned, n.cordoned_gpus, n.draining) for n in store.flagged_nodes()}
+    assert flagged == {"n1": (True, (), True), "n2": (True, (), False), "n3": (False, (0,), False)}
     store.uncordon("n1", "me@here")
     assert (store.get_node("n1").cordoned, store.get_node("n1").draining) == (False, False)  # type: ignore[union-attr]
+    assert "n1" not in {n.name for n in store.flagged_nodes()}
     assert [i.kind for i in store.pending_intents()] == ["restart", "stop", "drain", "cordon", "cordon", "cordon",
                                                          "uncordon", "uncordon"]
     assert store.mark_applied([i.id for i in store.pending_intents()], "done") == 8
