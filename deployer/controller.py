@@ -28,6 +28,7 @@ from deployer.models import (
     NODE_READY,
     NODE_UNREACHABLE,
     NODE_UNTRUSTED,
+    Allocation,
     AllocationObservation,
     Host,
     Inventory,
@@ -321,7 +322,8 @@ class Controller:
 
     def _snapshot(self, now: float, wall: float) -> ClusterSnapshot:
         confirmed = self.executor.confirmed()  # launches confirmed since the last pass, committed by this one
-        allocations = tuple(confirmed[a.id][0] if a.id in confirmed else a for a in self.store.allocations())
+        allocations = tuple(a if a.id not in confirmed else _confirmed_over(a, confirmed[a.id][0])
+                            for a in self.store.allocations())
         launched = self.store.launched_generations()
         for alloc_id, (_, generation) in confirmed.items():
             launched[alloc_id] = max(generation, launched.get(alloc_id, 0))
@@ -516,6 +518,14 @@ def _up_for(node: NodeState | None, obs: AllocationObservation) -> float:
     if node is None or node.node_time is None or obs.started_at is None:
         return 0.0
     return min(60.0, max(0.0, node.node_time - obs.started_at))
+
+
+def _confirmed_over(stored: Allocation, confirmed: Allocation) -> Allocation:
+    """A confirmed launch's record over the stored one, as the pass's commit will leave it: the
+    generation never goes down (a restart requested since the launch is kept, as save_allocation does)."""
+    if stored.generation <= confirmed.generation:
+        return confirmed
+    return replace(confirmed, generation=stored.generation)
 
 
 def _allocs_changed(before: NodeState, after: NodeState) -> bool:

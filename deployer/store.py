@@ -39,8 +39,8 @@ from deployer.store_schema import (
     NodeRecord,
     Reader,
     allocation_row,
-    row_allocation,
     connect,
+    row_allocation,
     target_generation,
 )
 
@@ -356,15 +356,16 @@ class Store(Reader):
                 self._allocs = {r["id"]: (row_allocation(r), r["launched_generation"]) for r in rows}
                 self._allocs_sorted, self._allocs_stale, self._allocs_version = None, set(), version
             elif self._allocs_stale:
-                stale, self._allocs_stale = sorted(self._allocs_stale), set()
+                stale, self._allocs_stale, self._allocs_sorted = sorted(self._allocs_stale), set(), None
+                cache, self._allocs = self._allocs, None  # half-read (an error below): read all next time
                 for start in range(0, len(stale), 500):
                     chunk = stale[start:start + 500]
                     for alloc_id in chunk:
-                        self._allocs.pop(alloc_id, None)
+                        cache.pop(alloc_id, None)
                     rows = self._rows(f"SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE id IN "
                                       f"({', '.join('?' * len(chunk))})", chunk)
-                    self._allocs.update((r["id"], (row_allocation(r), r["launched_generation"])) for r in rows)
-                self._allocs_sorted = None
+                    cache.update((r["id"], (row_allocation(r), r["launched_generation"])) for r in rows)
+                self._allocs = cache
             return self._allocs
 
     def allocations(self, job: str | None = None, node: str | None = None) -> list[Allocation]:

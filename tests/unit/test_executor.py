@@ -115,3 +115,17 @@ def test_node_states_due_for_their_periodic_save_are_spread_over_passes(
     controller.reconcile_once()
     assert len(saved) == 61  # the change, and the next 60 due
     store.close()
+
+
+def test_a_restart_requested_between_a_launch_and_the_next_pass_is_not_hidden_by_the_launch_record(
+        tmp_path: Path) -> None:
+    """The next pass reads a confirmed launch's record over the store's, but keeps the store's higher
+    generation: `flex restart ALLOC` written meanwhile is seen by that very pass (and kept by its commit)."""
+    from dataclasses import replace as changed
+
+    from deployer.controller import _confirmed_over
+
+    stored = Allocation(id="web-0", job="web", node="n1", generation=1)
+    launched = changed(Allocation(id="web-0", job="web", node="n1"), observed_status="starting")
+    assert _confirmed_over(stored, launched) == changed(launched, generation=1)
+    assert _confirmed_over(changed(stored, generation=0), launched) is launched
