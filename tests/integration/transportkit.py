@@ -31,7 +31,7 @@ def is_alive(pid: int) -> bool:
     """True while pid exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # ESRCH: it went between open and read
         return False
     return state != "Z"
 
