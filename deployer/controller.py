@@ -98,8 +98,8 @@ class Controller:
         # sent no new document) changes nothing, so a steady pass skips it (~10 ms at 8,000 allocations)
         self._timers_seen: dict[str, Any] = {}
         self._saved_nodes: dict[str, tuple[str, float]] = {}
-        self._last_renew = 0.0
-        self._lease_renewed = -1e9  # monotonic time of the last controller lease renewal
+        self._last_renew = 0.0  # monotonic time of the last renewal of the workloads' leases (fencing)
+        self._controller_lease_renewed = -1e9  # monotonic time of the last controller lease renewal
         self._closing = False  # close() began: observers whose stream ends stop
         # close() waits until every connection is closed; a CLI verb whose process exits right after
         # sets False: the disconnects go out while it reports (~0.1 s of a push to 30 nodes)
@@ -137,7 +137,7 @@ class Controller:
             who = f"{holder.hostname} pid {holder.pid}" if holder else "another process"
             raise ControllerBusy(f"state database {self.store.path}: a controller already runs ({who})\n"
                                  "  fix: let it work (`flex push` and `flex console` use it), or stop it first")
-        self._lease_renewed = time.monotonic()
+        self._controller_lease_renewed = time.monotonic()
         for name in self._nodes_to_watch():
             self._watch(name)
 
@@ -258,11 +258,11 @@ class Controller:
         only pass to another controller once it expired, and any pass after a pause that long renews
         first, so a controller that lost its lease still learns it before it writes a plan."""
         ttl = self.settings.controller_lease_ttl
-        if now - self._lease_renewed < min(LEASE_RENEW_EVERY, ttl / 5):
+        if now - self._controller_lease_renewed < min(LEASE_RENEW_EVERY, ttl / 5):
             return
         if not self.store.renew_lease(self.owner, ttl, wall):
             raise ControllerBusy(f"state database {self.store.path}: another controller took the lease over")
-        self._lease_renewed = now
+        self._controller_lease_renewed = now
 
     def _desired(self) -> dict[str, DesiredJob]:
         cron = self.store.cron_times()

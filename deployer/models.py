@@ -322,8 +322,10 @@ def normalized(value: Any, *, skip_defaults: bool = False) -> Any:
 
     With skip_defaults, fields equal to their default are left out too, so that a field added to a
     dataclass later (with a default) does not change the fingerprint of every existing job.
-    Scalars return first and each dataclass's fields are looked up once (_kept_fields): the
-    controller normalizes every node's state (~300 values each) when it saves it.
+    Scalars return first, each dataclass's fields are looked up once (_kept_fields), and the exact
+    types met most (dict, mappingproxy, tuple, list) are told by identity before the ABC isinstance
+    (which alone doubled node_record's time): the controller normalizes every node's state (~300
+    values each) when it saves it.
     """
     kind = type(value)
     if kind in _SCALARS:

@@ -76,10 +76,15 @@ class Transaction(Reader):
         self._start()
         return super()._rows(sql, args)
 
-    def _exec(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, args: Iterable[Any] = (), alloc_id: str | None = None) -> sqlite3.Cursor:
+        """Run sql in the transaction; a write to the allocations table is noted for the store's cache of
+        them: by alloc_id when the statement writes that one row, else as rows it cannot name (None)."""
         self._start()
-        if "allocations" in sql and not sql.startswith("SELECT"):
-            self.allocations_written = None  # rows this handle cannot name: the store reads them all again
+        if "allocations" in sql and not sql.startswith("SELECT") and self.allocations_written is not None:
+            if alloc_id is None:
+                self.allocations_written = None  # the store reads them all again
+            else:
+                self.allocations_written.add(alloc_id)
         return self._conn.execute(sql, tuple(args))
 
     def put_job(self, spec: JobSpec, raw_yaml: str, source: str, now: float | None = None) -> bool:
@@ -115,7 +120,6 @@ class Transaction(Reader):
         generation and launched_generation never go down (a restart requested meanwhile is kept);
         launched_generation None keeps the stored value (0 for a new allocation).
         """
-        written = self.allocations_written
         self._exec(f"INSERT INTO allocations ({ALLOCATION_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
                    "ON CONFLICT(id) DO UPDATE SET job = excluded.job, node = excluded.node, idx = excluded.idx, "
                    "job_version = excluded.job_version, cpus = excluded.cpus, memory = excluded.memory, "
@@ -124,10 +128,7 @@ class Transaction(Reader):
                    "generation = MAX(allocations.generation, excluded.generation), "
                    "launched_generation = MAX(allocations.launched_generation, excluded.launched_generation), "
                    "restarts = excluded.restarts, exit_code = excluded.exit_code, "
-                   "created_at = excluded.created_at", allocation_row(alloc, launched_generation))
-        if written is not None:
-            written.add(alloc.id)
-            self.allocations_written = written
+                   "created_at = excluded.created_at", allocation_row(alloc, launched_generation), alloc.id)
 
     def save_allocations(self, allocs: Iterable[Allocation]) -> None:
         """save_allocation for each, in this transaction."""
